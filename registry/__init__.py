@@ -1,0 +1,46 @@
+"""registry: a Redis-backed model catalog, rate limiter and cost ledger for LLM fleets."""
+
+from __future__ import annotations
+
+from registry.aio import AsyncRegistry
+from registry.catalog.codec import CatalogEntry
+from registry.catalog.search import SearchQuery
+from registry.catalog.sync import SyncPlan
+from registry.client import Registry
+from registry.errors import (
+    BackendError,
+    BackendUnavailable,
+    ConfigError,
+    ModelExistsError,
+    ModelNotFoundError,
+    RegistryError,
+    RevisionConflictError,
+    ScriptError,
+)
+from registry.models import Capability, Cost, ModelSpec, PriceTier, RateLimit, Status, parse_model_key
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncRegistry",
+    "BackendError",
+    "BackendUnavailable",
+    "Capability",
+    "CatalogEntry",
+    "ConfigError",
+    "Cost",
+    "ModelExistsError",
+    "ModelNotFoundError",
+    "ModelSpec",
+    "PriceTier",
+    "RateLimit",
+    "Registry",
+    "RegistryError",
+    "RevisionConflictError",
+    "ScriptError",
+    "Status",
+    "SearchQuery",
+    "SyncPlan",
+    "__version__",
+    "parse_model_key",
+]

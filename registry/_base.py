@@ -1,0 +1,125 @@
+"""What :class:`Registry` and :class:`AsyncRegistry` share beyond the flows: state and options."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+from registry.catalog.codec import CatalogEntry
+from registry.catalog.ops import Write, coerce_model
+from registry.catalog.search import SearchQuery
+from registry.catalog.snapshot import Snapshot
+from registry.errors import ConfigError
+from registry.keys import DEFAULT_NAMESPACE, Keys
+from registry.models import ModelSpec, parse_model_key
+from registry.scripts import LuaScript, load
+from registry.versions import compare_versions as _compare_versions
+
+log = logging.getLogger("registry")
+
+DEFAULT_REFRESH_INTERVAL = 0.5
+_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def check_url(url: str) -> str:
+    if not isinstance(url, str) or not url.startswith(_SCHEMES):
+        raise ConfigError(f"Redis URL {url!r}: expected one of {', '.join(_SCHEMES)}")
+    return url
+
+
+class RegistryBase:
+    """Options, key names and the local catalog snapshot; no I/O."""
+
+    def __init__(
+        self,
+        redis: Any,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        watch: bool = True,
+        refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
+        owns_client: bool = False,
+    ) -> None:
+        if refresh_interval <= 0:
+            raise ConfigError(f"refresh_interval must be > 0 seconds, got {refresh_interval!r}")
+        self.redis = redis
+        self.keys = Keys(namespace)
+        self.namespace = namespace
+        self.watch = watch
+        self.refresh_interval = float(refresh_interval)
+        self._owns_client = owns_client
+        self._snapshot: Snapshot | None = None
+        self._scripts: dict[str, Any] = {}
+
+    def _script(self, name: str) -> Any:
+        """redis-py's Script object for ``name``, registered once per client (reloads on NOSCRIPT)."""
+        script = self._scripts.get(name)
+        if script is None:
+            lua: LuaScript = load(name)
+            script = self._scripts[name] = self.redis.register_script(lua.source)
+        return script
+
+    @property
+    def revision(self) -> int:
+        """The catalog revision of the local copy (0 before the first read)."""
+        return self._snapshot.revision if self._snapshot is not None else 0
+
+    @staticmethod
+    def compare_versions(a: str, b: str) -> int:
+        """-1, 0 or 1 as version ``a`` sorts before, equal to or after ``b`` (semver rules)."""
+        return _compare_versions(a, b)
+
+    # -- argument checking shared by both clients ----------------------------------------------
+
+    @staticmethod
+    def _key(model_key: str) -> str:
+        if not isinstance(model_key, str):
+            raise ConfigError(f"model key must be a string, got {type(model_key).__name__}")
+        try:
+            parse_model_key(model_key)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return model_key
+
+    @staticmethod
+    def _register_writes(models: Iterable[ModelSpec | Mapping[str, Any]], replace: bool) -> list[Write]:
+        if isinstance(models, ModelSpec | Mapping):
+            raise ConfigError("register_models takes a list of models")
+        specs = [coerce_model(m, where=f"models[{i}]") for i, m in enumerate(models)]
+        return [Write("put" if replace else "create", m.key, None, m) for m in specs]
+
+    @staticmethod
+    def _delete_write(model_key: str, expected_revision: int | None) -> list[Write]:
+        return [Write("delete", RegistryBase._key(model_key), expected_revision)]
+
+    @staticmethod
+    def _cheapest(
+        snapshot: Snapshot,
+        capability: str | Sequence[str] | None,
+        limit: int | None,
+        input_tokens: int,
+        output_tokens: int,
+        currency: str,
+        exclude_deprecated: bool,
+        filters: dict[str, Any],
+    ) -> list[ModelSpec]:
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ConfigError(f"limit must be a positive integer or None, got {limit!r}")
+        query = SearchQuery.build(
+            capability=capability, currency=currency, exclude_deprecated=exclude_deprecated, **filters
+        )
+        ranked = snapshot.cheapest(query, limit=limit, input_tokens=input_tokens, output_tokens=output_tokens)
+        return [model for model, _ in ranked]
+
+    @staticmethod
+    def _entry_after_write(entry: CatalogEntry, snapshot: Snapshot) -> CatalogEntry:
+        return snapshot.entries.get(entry.model.key, entry)
+
+
+def estimate_from(snapshot: Snapshot, model_key: str, input_tokens: int, output_tokens: int,
+                  cached_input_tokens: int, cache_write_tokens: int) -> Decimal:
+    return snapshot.estimate_cost(
+        RegistryBase._key(model_key), input_tokens, output_tokens,
+        cached_input_tokens=cached_input_tokens, cache_write_tokens=cache_write_tokens,
+    )

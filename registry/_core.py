@@ -1,0 +1,99 @@
+"""The I/O-free core shared by :class:`Registry` and :class:`AsyncRegistry`.
+
+An operation is written once, as a generator (a *flow*) that yields what it needs from Redis
+(:class:`Script` or :class:`Commands`) and receives the reply; the sync and asyncio clients
+only differ in how they carry a request to Redis (:func:`run` and :func:`arun`). This is the
+sans-I/O style of httpx's auth flows, and it keeps multi-step operations (read, merge,
+compare-and-set, retry) in one copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from registry.errors import ConfigError
+
+__all__ = ["Commands", "Flow", "Script", "arun", "format_validation_error", "run", "text"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """Run ``lua/<name>.lua`` with these KEYS and ARGV (EVALSHA, loading it on NOSCRIPT)."""
+
+    name: str
+    keys: tuple[str, ...]
+    args: tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Commands:
+    """Send these commands in one round trip; ``transaction`` wraps them in MULTI/EXEC."""
+
+    commands: tuple[tuple[Any, ...], ...]
+    transaction: bool = True
+
+
+Request = Script | Commands
+Flow = Generator[Request, Any, T]
+
+
+def run(flow: Flow[T], execute: Callable[[Request], Any]) -> T:
+    """Drive ``flow`` to its result, sending each request with the blocking ``execute``."""
+    try:
+        request = next(flow)
+        while True:
+            request = flow.send(execute(request))
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+async def arun(flow: Flow[T], execute: Callable[[Request], Awaitable[Any]]) -> T:
+    """Drive ``flow`` to its result, awaiting each request with ``execute``."""
+    try:
+        request = next(flow)
+        while True:
+            request = flow.send(await execute(request))
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+def text(value: Any) -> str:
+    """A reply value as ``str``, whether the client decodes responses or not."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(root)"
+
+
+def format_validation_error(exc: ValidationError, *, where: str = "", labels: Mapping[int, str] | None = None) -> str:
+    """One line per problem: ``where: field.path: message (got value)``.
+
+    ``labels`` names list entries (``models[3]`` gets ``(openai:gpt-4)`` appended) so that a
+    config error says which model is wrong, not only at which index.
+    """
+    lines = []
+    for error in exc.errors(include_url=False):
+        loc = tuple(error["loc"])
+        path = _path(loc)
+        if labels and len(loc) >= 2 and isinstance(loc[1], int) and loc[1] in labels:
+            path = f"{_path(loc[:2])} ({labels[loc[1]]}){_path(loc[2:]) and '.' + _path(loc[2:])}"
+        message = error["msg"].removeprefix("Value error, ")
+        got = error.get("input")
+        shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+        lines.append(f"{where + ': ' if where else ''}{path}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def validation_error(exc: ValidationError, **kwargs: Any) -> ConfigError:
+    """A :class:`ConfigError` carrying :func:`format_validation_error`'s text."""
+    return ConfigError(format_validation_error(exc, **kwargs))

@@ -1,0 +1,239 @@
+"""The asyncio client, :class:`AsyncRegistry`: the twin of :class:`registry.Registry`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import redis.asyncio as aredis
+
+from registry import _core
+from registry._base import DEFAULT_REFRESH_INTERVAL, RegistryBase, check_url, estimate_from, log
+from registry.catalog import ops
+from registry.catalog import sync as catalog_sync
+from registry.catalog.codec import CatalogEntry
+from registry.catalog.search import SearchQuery
+from registry.catalog.snapshot import Snapshot
+from registry.catalog.sync import SyncPlan
+from registry.errors import ModelNotFoundError, map_redis_errors
+from registry.keys import DEFAULT_NAMESPACE
+from registry.models import ModelSpec
+
+__all__ = ["AsyncRegistry"]
+
+
+class AsyncRegistry(RegistryBase):
+    """The fleet's catalog, read from a local copy that follows Redis.
+
+    With ``watch=True`` (the default) a background thread follows the catalog's change
+    notices and checks the revision every ``refresh_interval`` seconds, so reads cost no
+    round trip and see another process's write within about that interval. With
+    ``watch=False`` every read first asks Redis for changes (one round trip).
+
+    >>> reg = Registry.from_url("redis://localhost:6379/0")          # doctest: +SKIP
+    >>> reg.estimate_cost("openai:gpt-4o", 1000, 200)                # doctest: +SKIP
+    Decimal('0.0045')
+    """
+
+    def __init__(
+        self,
+        client: aredis.Redis,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        watch: bool = True,
+        refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
+        owns_client: bool = False,
+    ) -> None:
+        super().__init__(
+            client, namespace=namespace, watch=watch, refresh_interval=refresh_interval,
+            owns_client=owns_client,
+        )
+        self._lock: asyncio.Lock | None = None
+        self._closed = False
+        self._watcher: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        watch: bool = True,
+        refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
+        **redis_options: Any,
+    ) -> AsyncRegistry:
+        """Connect to ``redis://``, ``rediss://`` or ``unix://`` ``url``."""
+        client = aredis.Redis.from_url(check_url(url), decode_responses=True, **redis_options)
+        return cls(client, namespace=namespace, watch=watch, refresh_interval=refresh_interval,
+                   owns_client=True)
+
+    # -- I/O ------------------------------------------------------------------------------------
+
+    async def _execute(self, request: _core.Request) -> Any:
+        with map_redis_errors():
+            if isinstance(request, _core.Script):
+                return await self._script(request.name)(keys=request.keys, args=request.args)
+            pipe = self.redis.pipeline(transaction=request.transaction)
+            for command in request.commands:
+                pipe.execute_command(*command)
+            return await pipe.execute()
+
+    async def _run(self, flow: _core.Flow[Any]) -> Any:
+        return await _core.arun(flow, self._execute)
+
+    async def refresh(self) -> int:
+        """Bring the local copy up to date now; returns the catalog revision."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            self._snapshot = await self._run(ops.refresh(self.keys, self._snapshot))
+            return self._snapshot.revision
+
+    async def _catalog(self) -> Snapshot:
+        snapshot = self._snapshot
+        if snapshot is None or not self.watch:
+            await self.refresh()
+            snapshot = self._snapshot
+            assert snapshot is not None
+        if self.watch and self._watcher is None and not self._closed:
+            self._watcher = asyncio.create_task(self._watch_loop(), name=f"registry-watch-{self.namespace}")
+        return snapshot
+
+    async def _written(self, revision: int) -> int:
+        """After our own write: read-your-writes in this client, without waiting for pub/sub."""
+        if self._snapshot is not None:
+            await self.refresh()
+        return revision
+
+    # -- the watcher ----------------------------------------------------------------------------
+
+    async def _watch_loop(self) -> None:
+        backoff = 0.05
+        while not self._closed:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.keys.changes_channel)
+                await self.refresh()  # whatever was missed while (re)connecting
+                backoff = 0.05
+                due = time.monotonic() + self.refresh_interval
+                while not self._closed:
+                    message = await pubsub.get_message(timeout=max(0.0, due - time.monotonic()))
+                    if message is not None or time.monotonic() >= due:
+                        await self.refresh()
+                        due = time.monotonic() + self.refresh_interval
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep following the catalog whatever happens
+                log.warning("catalog watcher: %s; retrying in %.2fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the watcher and, if this client made its connection pool, close it."""
+        self._closed = True
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        if self._owns_client:
+            await self.redis.aclose()
+
+    async def __aenter__(self) -> AsyncRegistry:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    # -- catalog writes -------------------------------------------------------------------------
+
+    async def register_model(self, model: ModelSpec | Mapping[str, Any], *, replace: bool = False) -> CatalogEntry:
+        """Add one model; with ``replace`` overwrite one of the same key."""
+        writes = self._register_writes([model], replace)
+        revision = await self._written(await self._run(ops.write(self.keys, writes)))
+        return CatalogEntry(writes[0].model, revision, 0)  # type: ignore[arg-type]
+
+    async def register_models(self, models: Iterable[ModelSpec | Mapping[str, Any]], *, replace: bool = False) -> int:
+        """Add many models in one atomic write (all or none); returns the new revision."""
+        return await self._written(await self._run(ops.write(self.keys, self._register_writes(models, replace))))
+
+    async def update_model(
+        self, model_key: str, changes: ModelSpec | Mapping[str, Any], *, expected_revision: int | None = None
+    ) -> CatalogEntry:
+        """Change fields of a model. ``expected_revision`` makes it a compare-and-set."""
+        entry = await self._run(ops.update(self.keys, self._key(model_key), changes, expected_revision=expected_revision))
+        await self._written(entry.revision)
+        return entry
+
+    async def delete_model(self, model_key: str, *, expected_revision: int | None = None) -> bool:
+        """Remove a model; False if there was none (and no expected revision was given)."""
+        try:
+            await self._written(await self._run(ops.write(self.keys, self._delete_write(model_key, expected_revision))))
+        except ModelNotFoundError:
+            if expected_revision is not None:
+                raise
+            return False
+        return True
+
+    async def sync_models(self, models: Sequence[ModelSpec | Mapping[str, Any]], *, prune: bool = False,
+                    dry_run: bool = False) -> SyncPlan:
+        """Make the catalog hold exactly ``models`` (see :mod:`registry.catalog.sync`)."""
+        specs = [w.model for w in self._register_writes(models, True)]
+        plan: SyncPlan = await self._run(catalog_sync.sync(self.keys, specs, prune=prune, dry_run=dry_run))  # type: ignore[arg-type]
+        if plan.applied:
+            await self._written(plan.revision or 0)
+        return plan
+
+    async def load_config(self, path: str | Path, *, prune: bool = False, dry_run: bool = False) -> SyncPlan:
+        """Sync the catalog to a JSON config file; a bad file raises and changes nothing."""
+        return await self.sync_models(catalog_sync.read_catalog_file(path), prune=prune, dry_run=dry_run)
+
+    # -- catalog reads (local copy) ----------------------------------------------------------
+
+    async def get_model(self, model_key: str) -> ModelSpec:
+        """The model under ``provider:id``; raises :class:`ModelNotFoundError`."""
+        return (await self._catalog()).get(self._key(model_key))
+
+    async def get_entry(self, model_key: str) -> CatalogEntry:
+        """The model with the revision of its last write (for ``expected_revision``)."""
+        return (await self._catalog()).entry(self._key(model_key))
+
+    async def list_models(self, *, provider: str | Sequence[str] | None = None,
+                    status: str | Sequence[str] | None = None) -> list[ModelSpec]:
+        """Every model, by key; optionally of some providers or statuses."""
+        return (await self._catalog()).search(SearchQuery.build(provider=provider, status=status))
+
+    async def search_models(self, **filters: Any) -> list[ModelSpec]:
+        """Models passing every filter given; see :mod:`registry.catalog.search` for each."""
+        return (await self._catalog()).search(SearchQuery.build(**filters))
+
+    async def most_cost_effective_models(
+        self, capability: str | Sequence[str] | None = None, limit: int | None = 5, *,
+        input_tokens: int = 3, output_tokens: int = 1, currency: str = "USD",
+        exclude_deprecated: bool = True, **filters: Any,
+    ) -> list[ModelSpec]:
+        """The cheapest models for a request of ``input_tokens``:``output_tokens`` (3:1 default)."""
+        return self._cheapest((await self._catalog()), capability, limit, input_tokens, output_tokens,
+                              currency, exclude_deprecated, filters)
+
+    async def estimate_cost(self, model_key: str, input_tokens: int, output_tokens: int,
+                      cached_input_tokens: int = 0, cache_write_tokens: int = 0) -> Decimal:
+        """The exact price of a request, in the model's currency (see :mod:`registry.pricing`)."""
+        return estimate_from((await self._catalog()), model_key, input_tokens, output_tokens,
+                             cached_input_tokens, cache_write_tokens)
+
+    async def ping(self) -> bool:
+        """True if Redis answers; raises :class:`BackendUnavailable` if it does not."""
+        with map_redis_errors():
+            return bool(await self.redis.ping())

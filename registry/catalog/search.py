@@ -1,0 +1,200 @@
+"""Search and ranking over a catalog snapshot. Pure functions, no I/O.
+
+Filter semantics (all given filters must hold):
+
+* ``provider``, ``status``: one value or several; a model matches any of them.
+* ``capability``, ``tags``: one value or several; a model must have all of them.
+* ``min_context_window`` / ``max_context_window``: inclusive bounds on the context window.
+* ``name_pattern``: case-insensitive shell-style glob (``*``, ``?``, ``[abc]``) matched
+  against the key, the id and the display name; a pattern without wildcards matches as a
+  substring (``gpt-4`` finds ``openai:gpt-4-turbo``).
+* ``max_cost_per_token``: the base input *and* output prices, per single token, are both at
+  most this amount (in the model's own currency).
+* ``min_version`` / ``max_version``: inclusive bounds by semver precedence, so ``2.0.0-rc.1``
+  is below ``2.0.0``.
+* ``exclude_deprecated``: leave out deprecated and retired models.
+* ``currency``: only models priced in this currency.
+
+Ranking (:func:`rank_by_cost`): a model's score is the exact price of a reference request of
+``input_tokens`` input and ``output_tokens`` output tokens, 3 to 1 by default (the usual
+"blended" weighting of input and output prices). Prices per 1, 1,000 or 1,000,000 tokens are
+all brought to the same basis by this, and tier prices apply when the reference prompt passes
+a threshold. Ties go to the larger context window, then to the key.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+import semver
+
+from registry.errors import ConfigError
+from registry.models import ModelSpec, Status
+from registry.pricing import estimate
+from registry.versions import parse_version
+
+__all__ = ["SearchQuery", "rank_by_cost"]
+
+_WILDCARDS = frozenset("*?[")
+
+
+def _as_set(name: str, value: str | Iterable[str] | None) -> frozenset[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return frozenset((value,))
+    values = frozenset(str(v) for v in value)
+    if not values:
+        raise ConfigError(f"{name}: give at least one value, or None for no filter")
+    return values
+
+
+def _as_int(name: str, value: int | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _as_decimal(name: str, value: Decimal | int | str | None) -> Decimal | None:
+    if value is None:
+        return None
+    if isinstance(value, float):
+        value = repr(value)
+    try:
+        amount = Decimal(value)
+    except (InvalidOperation, TypeError, ValueError) as exc:
+        raise ConfigError(f"{name} must be a decimal amount, got {value!r}") from exc
+    if not amount.is_finite() or amount < 0:
+        raise ConfigError(f"{name} must be a finite amount >= 0, got {value!r}")
+    return amount
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    """A validated set of filters. Build it with :meth:`build` from keyword arguments."""
+
+    providers: frozenset[str] | None = None
+    capabilities: frozenset[str] | None = None
+    tags: frozenset[str] | None = None
+    statuses: frozenset[str] | None = None
+    min_context_window: int | None = None
+    max_context_window: int | None = None
+    name_pattern: str | None = None
+    max_cost_per_token: Decimal | None = None
+    min_version: semver.Version | None = None
+    max_version: semver.Version | None = None
+    exclude_deprecated: bool = False
+    currency: str | None = None
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        provider: str | Sequence[str] | None = None,
+        capability: str | Sequence[str] | None = None,
+        min_context_window: int | None = None,
+        max_context_window: int | None = None,
+        name_pattern: str | None = None,
+        tags: str | Sequence[str] | None = None,
+        status: str | Sequence[str] | None = None,
+        max_cost_per_token: Decimal | int | str | None = None,
+        min_version: str | None = None,
+        max_version: str | None = None,
+        exclude_deprecated: bool = False,
+        currency: str | None = None,
+    ) -> SearchQuery:
+        statuses = _as_set("status", status)
+        if statuses is not None:
+            unknown = statuses - {s.value for s in Status}
+            if unknown:
+                raise ConfigError(
+                    f"status: unknown {sorted(unknown)}, expected {[s.value for s in Status]}"
+                )
+        if name_pattern is not None and not isinstance(name_pattern, str):
+            raise ConfigError(f"name_pattern must be a string, got {name_pattern!r}")
+        return cls(
+            providers=_as_set("provider", provider),
+            capabilities=_as_set("capability", capability),
+            tags=_as_set("tags", tags),
+            statuses=statuses,
+            min_context_window=_as_int("min_context_window", min_context_window),
+            max_context_window=_as_int("max_context_window", max_context_window),
+            name_pattern=name_pattern.lower() if name_pattern else None,
+            max_cost_per_token=_as_decimal("max_cost_per_token", max_cost_per_token),
+            min_version=parse_version(min_version) if min_version is not None else None,
+            max_version=parse_version(max_version) if max_version is not None else None,
+            exclude_deprecated=bool(exclude_deprecated),
+            currency=currency.upper() if currency else None,
+        )
+
+    def candidates(self, index: Mapping[str, Mapping[str, frozenset[str]]]) -> frozenset[str] | None:
+        """Narrow by the snapshot's inverted indexes; None when no indexed filter is set."""
+        found: frozenset[str] | None = None
+
+        def meet(keys: frozenset[str]) -> None:
+            nonlocal found
+            found = keys if found is None else found & keys
+
+        empty: frozenset[str] = frozenset()
+        if self.providers is not None:
+            meet(frozenset().union(*(index["provider"].get(p, empty) for p in self.providers)))
+        if self.statuses is not None:
+            meet(frozenset().union(*(index["status"].get(s, empty) for s in self.statuses)))
+        for capability in self.capabilities or ():
+            meet(index["capability"].get(capability, empty))
+        for tag in self.tags or ():
+            meet(index["tag"].get(tag, empty))
+        return found
+
+    def matches(self, model: ModelSpec) -> bool:
+        """Whether ``model`` passes every filter (the indexed ones are checked again)."""
+        if self.providers is not None and model.provider not in self.providers:
+            return False
+        if self.statuses is not None and model.status.value not in self.statuses:
+            return False
+        if self.capabilities is not None and not self.capabilities <= set(model.capabilities):
+            return False
+        if self.tags is not None and not self.tags <= set(model.tags):
+            return False
+        if self.exclude_deprecated and model.status in (Status.DEPRECATED, Status.RETIRED):
+            return False
+        if self.currency is not None and model.cost.currency != self.currency:
+            return False
+        if self.min_context_window is not None and model.context_window < self.min_context_window:
+            return False
+        if self.max_context_window is not None and model.context_window > self.max_context_window:
+            return False
+        if self.max_cost_per_token is not None:
+            per = model.cost.per
+            limit = self.max_cost_per_token * per  # compare without dividing: exact
+            if model.cost.input > limit or model.cost.output > limit:
+                return False
+        if self.min_version is not None or self.max_version is not None:
+            version = model.semver
+            if self.min_version is not None and version.compare(self.min_version) < 0:
+                return False
+            if self.max_version is not None and version.compare(self.max_version) > 0:
+                return False
+        return self.name_pattern is None or _name_matches(self.name_pattern, model)
+
+
+def _name_matches(pattern: str, model: ModelSpec) -> bool:
+    texts = (model.key.lower(), model.id.lower(), model.name.lower())
+    if _WILDCARDS.isdisjoint(pattern):
+        return any(pattern in text for text in texts)
+    return any(fnmatch.fnmatchcase(text, pattern) for text in texts)
+
+
+def rank_by_cost(
+    models: Iterable[ModelSpec], *, input_tokens: int = 3, output_tokens: int = 1
+) -> list[tuple[ModelSpec, Decimal]]:
+    """Models with the exact price of the reference request, cheapest first."""
+    scored = [(m, estimate(m.cost, input_tokens, output_tokens)) for m in models]
+    scored.sort(key=lambda pair: (pair[1], -pair[0].context_window, pair[0].key))
+    return scored
+

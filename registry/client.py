@@ -1,0 +1,239 @@
+"""The blocking client, :class:`Registry`. Every method is a thin driver of a shared flow."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import redis
+
+from registry import _core
+from registry._base import DEFAULT_REFRESH_INTERVAL, RegistryBase, check_url, estimate_from, log
+from registry.catalog import ops
+from registry.catalog import sync as catalog_sync
+from registry.catalog.codec import CatalogEntry
+from registry.catalog.search import SearchQuery
+from registry.catalog.snapshot import Snapshot
+from registry.catalog.sync import SyncPlan
+from registry.errors import ModelNotFoundError, map_redis_errors
+from registry.keys import DEFAULT_NAMESPACE
+from registry.models import ModelSpec
+
+__all__ = ["Registry"]
+
+
+class Registry(RegistryBase):
+    """The fleet's catalog, read from a local copy that follows Redis.
+
+    With ``watch=True`` (the default) a background thread follows the catalog's change
+    notices and checks the revision every ``refresh_interval`` seconds, so reads cost no
+    round trip and see another process's write within about that interval. With
+    ``watch=False`` every read first asks Redis for changes (one round trip).
+
+    >>> reg = Registry.from_url("redis://localhost:6379/0")          # doctest: +SKIP
+    >>> reg.estimate_cost("openai:gpt-4o", 1000, 200)                # doctest: +SKIP
+    Decimal('0.0045')
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        watch: bool = True,
+        refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
+        owns_client: bool = False,
+    ) -> None:
+        super().__init__(
+            client, namespace=namespace, watch=watch, refresh_interval=refresh_interval,
+            owns_client=owns_client,
+        )
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        watch: bool = True,
+        refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
+        **redis_options: Any,
+    ) -> Registry:
+        """Connect to ``redis://``, ``rediss://`` or ``unix://`` ``url``."""
+        client = redis.Redis.from_url(check_url(url), decode_responses=True, **redis_options)
+        return cls(client, namespace=namespace, watch=watch, refresh_interval=refresh_interval,
+                   owns_client=True)
+
+    # -- I/O ------------------------------------------------------------------------------------
+
+    def _execute(self, request: _core.Request) -> Any:
+        with map_redis_errors():
+            if isinstance(request, _core.Script):
+                return self._script(request.name)(keys=request.keys, args=request.args)
+            pipe = self.redis.pipeline(transaction=request.transaction)
+            for command in request.commands:
+                pipe.execute_command(*command)
+            return pipe.execute()
+
+    def _run(self, flow: _core.Flow[Any]) -> Any:
+        return _core.run(flow, self._execute)
+
+    def refresh(self) -> int:
+        """Bring the local copy up to date now; returns the catalog revision."""
+        with self._lock:
+            self._snapshot = self._run(ops.refresh(self.keys, self._snapshot))
+            return self._snapshot.revision
+
+    def _catalog(self) -> Snapshot:
+        snapshot = self._snapshot
+        if snapshot is None or not self.watch:
+            self.refresh()
+            snapshot = self._snapshot
+            assert snapshot is not None
+        if self.watch and self._watcher is None:
+            self._start_watcher()
+        return snapshot
+
+    def _written(self, revision: int) -> int:
+        """After our own write: read-your-writes in this client, without waiting for pub/sub."""
+        if self._snapshot is not None:
+            self.refresh()
+        return revision
+
+    # -- the watcher ----------------------------------------------------------------------------
+
+    def _start_watcher(self) -> None:
+        with self._lock:
+            if self._watcher is None and not self._stop.is_set():
+                self._watcher = threading.Thread(
+                    target=self._watch_loop, name=f"registry-watch-{self.namespace}", daemon=True
+                )
+                self._watcher.start()
+
+    def _watch_loop(self) -> None:
+        backoff = 0.05
+        while not self._stop.is_set():
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(self.keys.changes_channel)
+                self.refresh()  # whatever was missed while (re)connecting
+                backoff = 0.05
+                due = time.monotonic() + self.refresh_interval
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=max(0.0, due - time.monotonic()))
+                    if message is not None or time.monotonic() >= due:
+                        self.refresh()
+                        due = time.monotonic() + self.refresh_interval
+            except Exception as exc:  # keep following the catalog whatever happens
+                log.warning("catalog watcher: %s; retrying in %.2fs", exc, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                pubsub.close()
+
+    def close(self) -> None:
+        """Stop the watcher and, if this client made its connection pool, close it."""
+        self._stop.set()
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.join(timeout=5)
+        if self._owns_client:
+            self.redis.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- catalog writes -------------------------------------------------------------------------
+
+    def register_model(self, model: ModelSpec | Mapping[str, Any], *, replace: bool = False) -> CatalogEntry:
+        """Add one model; with ``replace`` overwrite one of the same key."""
+        writes = self._register_writes([model], replace)
+        revision = self._written(self._run(ops.write(self.keys, writes)))
+        return CatalogEntry(writes[0].model, revision, 0)  # type: ignore[arg-type]
+
+    def register_models(self, models: Iterable[ModelSpec | Mapping[str, Any]], *, replace: bool = False) -> int:
+        """Add many models in one atomic write (all or none); returns the new revision."""
+        return self._written(self._run(ops.write(self.keys, self._register_writes(models, replace))))
+
+    def update_model(
+        self, model_key: str, changes: ModelSpec | Mapping[str, Any], *, expected_revision: int | None = None
+    ) -> CatalogEntry:
+        """Change fields of a model. ``expected_revision`` makes it a compare-and-set."""
+        entry = self._run(ops.update(self.keys, self._key(model_key), changes, expected_revision=expected_revision))
+        self._written(entry.revision)
+        return entry
+
+    def delete_model(self, model_key: str, *, expected_revision: int | None = None) -> bool:
+        """Remove a model; False if there was none (and no expected revision was given)."""
+        try:
+            self._written(self._run(ops.write(self.keys, self._delete_write(model_key, expected_revision))))
+        except ModelNotFoundError:
+            if expected_revision is not None:
+                raise
+            return False
+        return True
+
+    def sync_models(self, models: Sequence[ModelSpec | Mapping[str, Any]], *, prune: bool = False,
+                    dry_run: bool = False) -> SyncPlan:
+        """Make the catalog hold exactly ``models`` (see :mod:`registry.catalog.sync`)."""
+        specs = [w.model for w in self._register_writes(models, True)]
+        plan: SyncPlan = self._run(catalog_sync.sync(self.keys, specs, prune=prune, dry_run=dry_run))  # type: ignore[arg-type]
+        if plan.applied:
+            self._written(plan.revision or 0)
+        return plan
+
+    def load_config(self, path: str | Path, *, prune: bool = False, dry_run: bool = False) -> SyncPlan:
+        """Sync the catalog to a JSON config file; a bad file raises and changes nothing."""
+        return self.sync_models(catalog_sync.read_catalog_file(path), prune=prune, dry_run=dry_run)
+
+    # -- catalog reads (local copy) ----------------------------------------------------------
+
+    def get_model(self, model_key: str) -> ModelSpec:
+        """The model under ``provider:id``; raises :class:`ModelNotFoundError`."""
+        return self._catalog().get(self._key(model_key))
+
+    def get_entry(self, model_key: str) -> CatalogEntry:
+        """The model with the revision of its last write (for ``expected_revision``)."""
+        return self._catalog().entry(self._key(model_key))
+
+    def list_models(self, *, provider: str | Sequence[str] | None = None,
+                    status: str | Sequence[str] | None = None) -> list[ModelSpec]:
+        """Every model, by key; optionally of some providers or statuses."""
+        return self._catalog().search(SearchQuery.build(provider=provider, status=status))
+
+    def search_models(self, **filters: Any) -> list[ModelSpec]:
+        """Models passing every filter given; see :mod:`registry.catalog.search` for each."""
+        return self._catalog().search(SearchQuery.build(**filters))
+
+    def most_cost_effective_models(
+        self, capability: str | Sequence[str] | None = None, limit: int | None = 5, *,
+        input_tokens: int = 3, output_tokens: int = 1, currency: str = "USD",
+        exclude_deprecated: bool = True, **filters: Any,
+    ) -> list[ModelSpec]:
+        """The cheapest models for a request of ``input_tokens``:``output_tokens`` (3:1 default)."""
+        return self._cheapest(self._catalog(), capability, limit, input_tokens, output_tokens,
+                              currency, exclude_deprecated, filters)
+
+    def estimate_cost(self, model_key: str, input_tokens: int, output_tokens: int,
+                      cached_input_tokens: int = 0, cache_write_tokens: int = 0) -> Decimal:
+        """The exact price of a request, in the model's currency (see :mod:`registry.pricing`)."""
+        return estimate_from(self._catalog(), model_key, input_tokens, output_tokens,
+                             cached_input_tokens, cache_write_tokens)
+
+    def ping(self) -> bool:
+        """True if Redis answers; raises :class:`BackendUnavailable` if it does not."""
+        with map_redis_errors():
+            return bool(self.redis.ping())

@@ -1,0 +1,144 @@
+"""A private Redis for tests and for ``registry demo`` when no Redis URL is given.
+
+:func:`start` runs ``redis-server`` on a free loopback port with no persistence when it is on
+PATH; otherwise, if fakeredis is installed, an in-process fakeredis server speaking the Redis
+protocol on a free port. Either way the caller gets a ``redis://`` URL, so everything else in
+the library, the tests and other processes talk to it the same way.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+__all__ = ["EmbeddedRedis", "free_port", "redis_server_path", "start"]
+
+
+def redis_server_path() -> str | None:
+    """Where ``redis-server`` is, or None."""
+    return shutil.which("redis-server")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class EmbeddedRedis:
+    """A running private server: ``url``, what ``kind`` it is, and :meth:`stop`."""
+
+    url: str
+    kind: str  # "redis-server" or "fakeredis"
+    version: str
+    _process: subprocess.Popen[bytes] | None = None
+    _fake: Any = None
+    _thread: threading.Thread | None = None
+    _dir: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
+
+    @property
+    def description(self) -> str:
+        if self.kind == "redis-server":
+            return f"private redis-server {self.version} at {self.url}"
+        return f"in-process fakeredis server at {self.url} (no redis-server on PATH)"
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # pragma: no cover - a wedged server
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+        if self._fake is not None:
+            self._fake.shutdown()
+            self._fake.server_close()
+            self._fake = None
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes] | None, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, decode_responses=True)
+    try:
+        while True:
+            try:
+                info = client.info("server")
+                return str(info.get("redis_version", "?"))
+            except redis.exceptions.ConnectionError:
+                if process is not None and process.poll() is not None:
+                    raise RuntimeError(f"redis-server exited with code {process.returncode}") from None
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+    finally:
+        client.close()
+
+
+def start_redis_server(*extra_args: str, executable: str | None = None, timeout: float = 20.0) -> EmbeddedRedis:
+    """Start ``redis-server`` on a free port: loopback only, no RDB, no AOF, in a temp dir."""
+    executable = executable or redis_server_path()
+    if executable is None:
+        raise FileNotFoundError("redis-server is not on PATH")
+    workdir = tempfile.TemporaryDirectory(prefix="registry-redis-")
+    for _attempt in range(5):
+        port = free_port()
+        args = [
+            executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", workdir.name, "--daemonize", "no", "--logfile", str(Path(workdir.name) / "redis.log"),
+            *extra_args,
+        ]
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"redis://127.0.0.1:{port}/0"
+        try:
+            version = _wait_ready(url, process, timeout)
+        except RuntimeError:
+            continue  # the port was taken between free_port() and bind: try another
+        return EmbeddedRedis(url, "redis-server", version, _process=process, _dir=workdir)
+    workdir.cleanup()
+    raise RuntimeError("could not start redis-server on a free port")
+
+
+def start_fakeredis() -> EmbeddedRedis:
+    """An in-process fakeredis server (with Lua, through lupa) on a free port."""
+    try:
+        import fakeredis
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise RuntimeError(
+            "no redis-server on PATH and fakeredis is not installed: install redis-server, "
+            "or pip install 'fakeredis[lua]', or pass --redis-url"
+        ) from exc
+    port = free_port()
+    server = fakeredis.TcpFakeServer(("127.0.0.1", port), server_type="redis", server_version=(7, 0))
+    thread = threading.Thread(target=server.serve_forever, name="fakeredis", daemon=True)
+    thread.start()
+    url = f"redis://127.0.0.1:{port}/0"
+    version = _wait_ready(url, None, 10.0)
+    return EmbeddedRedis(url, "fakeredis", version, _fake=server, _thread=thread)
+
+
+def start(*, prefer: str = "redis-server") -> EmbeddedRedis:
+    """A private server: ``redis-server`` if it is on PATH, else fakeredis."""
+    if prefer == "redis-server" and redis_server_path() is not None:
+        return start_redis_server()
+    return start_fakeredis()

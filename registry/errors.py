@@ -1,0 +1,104 @@
+"""The library's exceptions: one root, and one place that translates redis-py's errors.
+
+::
+
+    RegistryError
+    ├── ConfigError(RegistryError, ValueError)     a bad model, config file or argument
+    ├── ModelNotFoundError(RegistryError, KeyError) no model under that key
+    ├── ModelExistsError(RegistryError)            register without replace= hit an existing key
+    ├── RevisionConflictError(RegistryError)       an expected revision did not match
+    └── BackendError(RegistryError)                anything Redis said or failed to say
+        ├── BackendUnavailable                     connection refused, timeout, DNS
+        └── ScriptError                            a Lua error or a malformed reply
+
+A denial of admission is a normal result, never one of these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import redis.exceptions
+
+__all__ = [
+    "BackendError",
+    "BackendUnavailable",
+    "ConfigError",
+    "ModelExistsError",
+    "ModelNotFoundError",
+    "RegistryError",
+    "RevisionConflictError",
+    "ScriptError",
+    "map_redis_errors",
+]
+
+
+class RegistryError(Exception):
+    """Root of every error this library raises on purpose."""
+
+
+class ConfigError(RegistryError, ValueError):
+    """Bad input: a model definition, a config file, or an argument.
+
+    The message names where the problem is (file, entry and field path) and what is wrong.
+    Nothing has been written to Redis when this is raised.
+    """
+
+
+class ModelNotFoundError(RegistryError, KeyError):
+    """No model is registered under the key."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+    def __str__(self) -> str:
+        return f"no model {self.key!r} in the catalog"
+
+
+class ModelExistsError(RegistryError):
+    """``register_model`` found the key taken and ``replace`` was false."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+        super().__init__(f"already registered: {', '.join(keys)} (pass replace=True to overwrite)")
+
+
+class RevisionConflictError(RegistryError):
+    """A write's expected revision did not match what Redis holds: somebody wrote first."""
+
+    def __init__(self, key: str, expected: int, actual: int) -> None:
+        self.key = key
+        self.expected = expected
+        self.actual = actual
+        held = "no model" if actual == 0 else f"revision {actual}"
+        super().__init__(f"{key}: expected revision {expected}, Redis holds {held}")
+
+
+class BackendError(RegistryError):
+    """Redis failed or answered something this library did not expect."""
+
+
+class BackendUnavailable(BackendError):
+    """Redis could not be reached (refused, timed out, unknown host)."""
+
+
+class ScriptError(BackendError):
+    """A Lua script raised an error or returned a reply of the wrong shape."""
+
+
+@contextmanager
+def map_redis_errors() -> Iterator[None]:
+    """Translate redis-py exceptions into this library's tree, keeping the cause."""
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        raise BackendUnavailable(f"Redis unavailable: {exc}") from exc
+    except redis.exceptions.ResponseError as exc:
+        message = str(exc)
+        if "ERR_" in message or "script" in message.lower():
+            raise ScriptError(message) from exc
+        raise BackendError(message) from exc
+    except redis.exceptions.RedisError as exc:
+        raise BackendError(str(exc)) from exc

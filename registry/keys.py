@@ -1,0 +1,74 @@
+"""Every Redis key and channel name the library uses, built in this one module.
+
+Layout (namespace ``registry`` by default; ``{...}`` is the cluster hash tag)::
+
+    {registry:catalog}:model:<provider>:<id>   hash    one model (fields: see catalog/codec.py)
+    {registry:catalog}:models                  zset    every model key, scored by its revision
+    {registry:catalog}:revision                string  catalog revision, +1 per write
+    {registry:catalog}:events                  stream  capped log of writes, entry id <revision>-1
+    {registry:catalog}:changes                 channel pub/sub: a write's new revision
+
+The whole catalog shares one hash tag, so it sits in one cluster slot and every catalog
+script touches keys of that slot only. Model and tenant windows (admission, ledger) get tags
+of their own so that they spread across slots.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from registry.errors import ConfigError
+
+__all__ = ["DEFAULT_NAMESPACE", "Keys"]
+
+DEFAULT_NAMESPACE = "registry"
+_NAMESPACE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key names under one namespace. Two namespaces never share a key."""
+
+    namespace: str = DEFAULT_NAMESPACE
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.namespace, str) or not _NAMESPACE.match(self.namespace):
+            raise ConfigError(
+                f"namespace {self.namespace!r}: use 1 to 64 letters, digits, '.', '_' or '-'"
+            )
+
+    @property
+    def catalog_tag(self) -> str:
+        return f"{{{self.namespace}:catalog}}"
+
+    def model(self, model_key: str) -> str:
+        """The hash of one model, ``model_key`` being ``provider:id``."""
+        return f"{self.catalog_tag}:model:{model_key}"
+
+    def model_key_of(self, redis_key: str) -> str:
+        """Inverse of :meth:`model`."""
+        prefix = f"{self.catalog_tag}:model:"
+        if not redis_key.startswith(prefix):
+            raise ValueError(f"{redis_key!r} is not a model key of namespace {self.namespace!r}")
+        return redis_key[len(prefix) :]
+
+    @property
+    def models(self) -> str:
+        return f"{self.catalog_tag}:models"
+
+    @property
+    def revision(self) -> str:
+        return f"{self.catalog_tag}:revision"
+
+    @property
+    def events(self) -> str:
+        return f"{self.catalog_tag}:events"
+
+    @property
+    def changes_channel(self) -> str:
+        return f"{self.catalog_tag}:changes"
+
+    def catalog_keys(self) -> tuple[str, str, str]:
+        """The fixed keys every catalog write script takes first: revision, models, events."""
+        return (self.revision, self.models, self.events)

@@ -1,0 +1,99 @@
+"""Exact cost arithmetic on catalog prices. No I/O, no floats, no rounding.
+
+Billing rule (the one LiteLLM's price map encodes):
+
+* ``input_tokens`` counts every prompt token, the cached ones included (OpenAI's
+  ``prompt_tokens``). Of those, ``cached_input_tokens`` are billed at ``cached_input`` and
+  ``cache_write_tokens`` at ``cache_write``; the rest at ``input``.
+* When the prompt passes a tier's threshold (strictly above it, or from exactly it for an
+  ``inclusive`` tier), the whole request, output included, is billed at that tier's rates; with
+  several tiers the highest one passed wins. A tier's missing cached-input or cache-write price
+  falls back to the base price of the same kind.
+* The total is divided by ``per``. Every step is exact decimal arithmetic: a result that could
+  not be represented exactly raises instead of rounding.
+"""
+
+from __future__ import annotations
+
+import decimal
+from dataclasses import dataclass
+from decimal import Decimal
+
+from registry.errors import ConfigError
+from registry.models import MAX_TOKENS, Cost
+
+__all__ = ["Rates", "estimate", "rates_for"]
+
+# Prices carry at most a few dozen significant digits and token counts at most 10; a
+# thousand digits of precision can never round, and Inexact traps prove it.
+_EXACT = decimal.Context(
+    prec=1000,
+    rounding=decimal.ROUND_HALF_EVEN,
+    traps=[decimal.Inexact, decimal.InvalidOperation, decimal.Overflow, decimal.DivisionByZero],
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """The four prices that apply to one request, per ``per`` tokens."""
+
+    input: Decimal
+    output: Decimal
+    cached_input: Decimal
+    cache_write: Decimal
+    per: int
+
+
+def rates_for(cost: Cost, prompt_tokens: int) -> Rates:
+    """The prices that bill a request whose prompt has ``prompt_tokens`` input tokens."""
+    tier = None
+    for candidate in cost.tiers:  # sorted by threshold: the last one that applies wins
+        if candidate.applies_to(prompt_tokens):
+            tier = candidate
+    base_cached = cost.cached_input if cost.cached_input is not None else cost.input
+    base_write = cost.cache_write if cost.cache_write is not None else cost.input
+    if tier is None:
+        return Rates(cost.input, cost.output, base_cached, base_write, cost.per)
+    return Rates(
+        input=tier.input,
+        output=tier.output,
+        cached_input=tier.cached_input if tier.cached_input is not None else base_cached,
+        cache_write=tier.cache_write if tier.cache_write is not None else base_write,
+        per=cost.per,
+    )
+
+
+def _tokens(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an integer, got {type(value).__name__}")
+    if not 0 <= value <= MAX_TOKENS:
+        raise ConfigError(f"{name} must be between 0 and {MAX_TOKENS}, got {value}")
+    return value
+
+
+def estimate(
+    cost: Cost,
+    input_tokens: int,
+    output_tokens: int,
+    cached_input_tokens: int = 0,
+    cache_write_tokens: int = 0,
+) -> Decimal:
+    """The exact price of one request, in ``cost.currency``."""
+    input_tokens = _tokens("input_tokens", input_tokens)
+    output_tokens = _tokens("output_tokens", output_tokens)
+    cached_input_tokens = _tokens("cached_input_tokens", cached_input_tokens)
+    cache_write_tokens = _tokens("cache_write_tokens", cache_write_tokens)
+    if cached_input_tokens + cache_write_tokens > input_tokens:
+        raise ConfigError(
+            "cached_input_tokens + cache_write_tokens "
+            f"({cached_input_tokens} + {cache_write_tokens}) exceed input_tokens ({input_tokens}):"
+            " input_tokens counts every prompt token, cached ones included"
+        )
+    rates = rates_for(cost, input_tokens)
+    plain = input_tokens - cached_input_tokens - cache_write_tokens
+    c = _EXACT
+    total = c.add(
+        c.add(c.multiply(Decimal(plain), rates.input), c.multiply(Decimal(cached_input_tokens), rates.cached_input)),
+        c.add(c.multiply(Decimal(cache_write_tokens), rates.cache_write), c.multiply(Decimal(output_tokens), rates.output)),
+    )
+    return c.divide(total, Decimal(rates.per))
