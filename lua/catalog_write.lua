@@ -1,6 +1,7 @@
 -- catalog_write.lua: apply a batch of catalog writes atomically, all or none.
 --
--- KEYS[1]  catalog revision counter (string)
+-- KEYS[1]  catalog meta (hash: revision, the write counter; epoch, made anew whenever the
+--          meta hash is missing, so readers notice a catalog that was wiped and rebuilt)
 -- KEYS[2]  models index (zset: model key -> revision of its last write)
 -- KEYS[3]  catalog events (stream, entry id "<revision>-0")
 -- KEYS[3+i] the hash of the i-th model written (i = 1..n)
@@ -83,19 +84,23 @@ for i = 1, n do
   writes[i] = {op, model, hash, fields}
 end
 
--- 2. Next revision; heal a counter that fell behind the stream (e.g. deleted by hand).
-local revision = redis.call('INCR', KEYS[1])
+-- 2. Next revision; a missing meta hash (first write, or wiped) gets a new epoch, and a
+--    revision that continues the stream (e.g. after the meta hash was deleted by hand).
+local now = redis.call('TIME')
+if redis.call('HEXISTS', KEYS[1], 'epoch') == 0 then
+  redis.call('HSET', KEYS[1], 'epoch', now[1] .. '.' .. now[2])
+end
+local revision = redis.call('HINCRBY', KEYS[1], 'revision', 1)
 local top = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)[1]
 if top then
   local last = tonumber(string.match(top[1], '^(%d+)-'))
   if last and last >= revision then
     revision = last + 1
-    redis.call('SET', KEYS[1], revision)
+    redis.call('HSET', KEYS[1], 'revision', revision)
   end
 end
 
 -- 3. Apply.
-local now = redis.call('TIME')
 local updated_ms = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
 local put, deleted = {}, {}
 for i = 1, n do

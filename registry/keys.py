@@ -4,7 +4,7 @@ Layout (namespace ``registry`` by default; ``{...}`` is the cluster hash tag)::
 
     {registry:catalog}:model:<provider>:<id>   hash    one model (fields: see catalog/codec.py)
     {registry:catalog}:models                  zset    every model key, scored by its revision
-    {registry:catalog}:revision                string  catalog revision, +1 per write
+    {registry:catalog}:meta                    hash    revision (+1 per write), epoch (new when wiped)
     {registry:catalog}:events                  stream  capped log of writes, entry id <revision>-1
     {registry:catalog}:changes                 channel pub/sub: a write's new revision
 
@@ -58,8 +58,8 @@ class Keys:
         return f"{self.catalog_tag}:models"
 
     @property
-    def revision(self) -> str:
-        return f"{self.catalog_tag}:revision"
+    def meta(self) -> str:
+        return f"{self.catalog_tag}:meta"
 
     @property
     def events(self) -> str:
@@ -70,5 +70,5 @@ class Keys:
         return f"{self.catalog_tag}:changes"
 
     def catalog_keys(self) -> tuple[str, str, str]:
-        """The fixed keys every catalog write script takes first: revision, models, events."""
-        return (self.revision, self.models, self.events)
+        """The fixed keys every catalog write script takes first: meta, models, events."""
+        return (self.meta, self.models, self.events)

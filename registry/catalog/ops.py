@@ -161,34 +161,50 @@ def _entries(replies: Iterable[Any]) -> dict[str, CatalogEntry]:
     return out
 
 
+def _meta(keys: Keys) -> tuple[str, ...]:
+    return ("HMGET", keys.meta, "revision", "epoch")
+
+
+def _revision_epoch(reply: Any) -> tuple[int, str]:
+    revision, epoch = reply
+    return int(revision or 0), text(epoch) if epoch is not None else ""
+
+
 def load_snapshot(keys: Keys) -> Flow[Snapshot]:
     """Everything, consistently: the hashes are read in one MULTI with the revision."""
     for _ in range(_FULL_LOAD_ATTEMPTS):
-        revision, members = yield Commands((("GET", keys.revision), ("ZRANGE", keys.models, 0, -1)))
-        revision = int(revision or 0)
+        meta, members = yield Commands((_meta(keys), ("ZRANGE", keys.models, 0, -1)))
+        revision, epoch = _revision_epoch(meta)
         members = [text(m) for m in members]
-        replies = yield Commands((*(("HGETALL", keys.model(m)) for m in members), ("GET", keys.revision)))
-        if int(replies[-1] or 0) == revision:
+        replies = yield Commands((*(("HGETALL", keys.model(m)) for m in members), _meta(keys)))
+        if _revision_epoch(replies[-1]) == (revision, epoch):
             break
     # After a few racing writers, keep what was read: it is at least `revision`, and the next
     # refresh replays the events after it.
-    return Snapshot.build(revision, _entries(replies[:-1]))
+    return Snapshot.build(revision, epoch, _entries(replies[:-1]))
 
 
 def refresh(keys: Keys, snapshot: Snapshot | None) -> Flow[Snapshot]:
-    """``snapshot`` brought up to the current revision, incrementally where the stream allows."""
+    """``snapshot`` brought up to the current revision, incrementally where the stream allows.
+
+    The epoch tells a catalog that was wiped and written again (a Redis restarted without
+    persistence, a FLUSHALL) from one that moved on: its revisions start over, so a reader
+    with another epoch loads everything again.
+    """
     if snapshot is None:
         return (yield from load_snapshot(keys))
     start = snapshot.revision + 1
-    revision, events = yield Commands(
-        (("GET", keys.revision), ("XRANGE", keys.events, f"{start}-0", "+", "COUNT", MAX_EVENTS_PER_REFRESH))
+    meta, events = yield Commands(
+        (_meta(keys), ("XRANGE", keys.events, f"{start}-0", "+", "COUNT", MAX_EVENTS_PER_REFRESH))
     )
-    revision = int(revision or 0)
+    revision, epoch = _revision_epoch(meta)
+    if epoch != snapshot.epoch:
+        return (yield from load_snapshot(keys))
     if revision == snapshot.revision:
         return snapshot
     revisions = [int(text(event_id).split("-")[0]) for event_id, _ in events]
     if revision < snapshot.revision or not revisions or revisions[0] != start or revisions[-1] != revision:
-        # Reset catalog, trimmed stream or too many changes: start over.
+        # Trimmed stream, or more changes than one replay takes: start over.
         return (yield from load_snapshot(keys))
     touched: dict[str, None] = {}
     for _, raw_fields in events:
@@ -196,8 +212,8 @@ def refresh(keys: Keys, snapshot: Snapshot | None) -> Flow[Snapshot]:
         for name in ("put", "deleted"):
             touched.update((k, None) for k in fields.get(name, "").split("\n") if k)
     keys_touched = list(touched)
-    replies = yield Commands((*(("HGETALL", keys.model(k)) for k in keys_touched), ("GET", keys.revision)))
-    fetched = _entries(replies[:-1])
+    replies = yield Commands(tuple(("HGETALL", keys.model(k)) for k in keys_touched), transaction=True)
+    fetched = _entries(replies)
     deleted = [k for k in keys_touched if k not in fetched]
     # Hashes may be newer than `revision` if a write landed in between; they are still
     # current, and the next refresh replays from `revision` anyway.

@@ -45,13 +45,14 @@ class Snapshot:
     """One revision of the catalog: its entries by key, and indexes for search."""
 
     revision: int = 0
+    epoch: str = ""
     entries: Mapping[str, CatalogEntry] = field(default_factory=dict)
     index: Mapping[str, Mapping[str, frozenset[str]]] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, revision: int, entries: Mapping[str, CatalogEntry]) -> Snapshot:
+    def build(cls, revision: int, epoch: str, entries: Mapping[str, CatalogEntry]) -> Snapshot:
         ordered = dict(sorted(entries.items()))
-        return cls(revision, MappingProxyType(ordered), _build_index(ordered))
+        return cls(revision, epoch, MappingProxyType(ordered), _build_index(ordered))
 
     def changed(self, revision: int, put: Iterable[CatalogEntry], deleted: Iterable[str]) -> Snapshot:
         """A new snapshot at ``revision`` with these entries written and keys removed."""
@@ -60,7 +61,7 @@ class Snapshot:
             entries.pop(key, None)
         for entry in put:
             entries[entry.model.key] = entry
-        return Snapshot.build(revision, entries)
+        return Snapshot.build(revision, self.epoch, entries)
 
     # -- reads ------------------------------------------------------------------------------
 
