@@ -51,6 +51,8 @@ class RegistryBase:
         self._owns_client = owns_client
         self._snapshot: Snapshot | None = None
         self._scripts: dict[str, Any] = {}
+        # The channel the watcher follows (an attribute so tests can mute notices).
+        self._channel = self.keys.changes_channel
 
     def _script(self, name: str) -> Any:
         """redis-py's Script object for ``name``, registered once per client (reloads on NOSCRIPT)."""

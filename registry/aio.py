@@ -118,7 +118,7 @@ class AsyncRegistry(RegistryBase):
         while not self._closed:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self.keys.changes_channel)
+                await pubsub.subscribe(self._channel)
                 await self.refresh()  # whatever was missed while (re)connecting
                 backoff = 0.05
                 due = time.monotonic() + self.refresh_interval

@@ -123,7 +123,7 @@ class Registry(RegistryBase):
         while not self._stop.is_set():
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
-                pubsub.subscribe(self.keys.changes_channel)
+                pubsub.subscribe(self._channel)
                 self.refresh()  # whatever was missed while (re)connecting
                 backoff = 0.05
                 due = time.monotonic() + self.refresh_interval

@@ -24,9 +24,11 @@ from pydantic import (
     Field,
     JsonValue,
     StringConstraints,
+    ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from registry.currencies import ISO_4217
 
@@ -270,8 +272,16 @@ class CatalogFile(_Strict):
         seen: dict[str, int] = {}
         for index, model in enumerate(self.models):
             if model.key in seen:
-                raise ValueError(
-                    f"models[{index}] repeats the key {model.key!r} of models[{seen[model.key]}]"
+                # Raised with the entry's location (models[i].id), not at the root, so that the
+                # message names the entry and field like any other error of the file.
+                error = PydanticCustomError(
+                    "duplicate_key",
+                    "duplicate key '{key}': models[{first}] already defines it",
+                    {"key": model.key, "first": seen[model.key]},
+                )
+                raise ValidationError.from_exception_data(
+                    type(self).__name__,
+                    [InitErrorDetails(type=error, loc=("models", index, "id"), input=model.id)],
                 )
             seen[model.key] = index
         return self

@@ -8,7 +8,8 @@ Billing rule (the one LiteLLM's price map encodes):
 * When the prompt passes a tier's threshold (strictly above it, or from exactly it for an
   ``inclusive`` tier), the whole request, output included, is billed at that tier's rates; with
   several tiers the highest one passed wins. A tier's missing cached-input or cache-write price
-  falls back to the base price of the same kind.
+  falls back to the base price of the same kind, and with neither, cache tokens bill at the
+  tier's input price.
 * The total is divided by ``per``. Every step is exact decimal arithmetic: a result that could
   not be represented exactly raises instead of rounding.
 """
@@ -50,15 +51,23 @@ def rates_for(cost: Cost, prompt_tokens: int) -> Rates:
     for candidate in cost.tiers:  # sorted by threshold: the last one that applies wins
         if candidate.applies_to(prompt_tokens):
             tier = candidate
-    base_cached = cost.cached_input if cost.cached_input is not None else cost.input
-    base_write = cost.cache_write if cost.cache_write is not None else cost.input
     if tier is None:
-        return Rates(cost.input, cost.output, base_cached, base_write, cost.per)
+        return Rates(
+            input=cost.input,
+            output=cost.output,
+            cached_input=cost.input if cost.cached_input is None else cost.cached_input,
+            cache_write=cost.input if cost.cache_write is None else cost.cache_write,
+            per=cost.per,
+        )
+    # A tier's missing cache price is the base one; with none at all, cache tokens bill as
+    # input, and inside a tier "input" is the tier's input price.
+    cached = tier.cached_input if tier.cached_input is not None else cost.cached_input
+    write = tier.cache_write if tier.cache_write is not None else cost.cache_write
     return Rates(
         input=tier.input,
         output=tier.output,
-        cached_input=tier.cached_input if tier.cached_input is not None else base_cached,
-        cache_write=tier.cache_write if tier.cache_write is not None else base_write,
+        cached_input=tier.input if cached is None else cached,
+        cache_write=tier.input if write is None else write,
         per=cost.per,
     )
 
@@ -92,8 +101,13 @@ def estimate(
     rates = rates_for(cost, input_tokens)
     plain = input_tokens - cached_input_tokens - cache_write_tokens
     c = _EXACT
-    total = c.add(
-        c.add(c.multiply(Decimal(plain), rates.input), c.multiply(Decimal(cached_input_tokens), rates.cached_input)),
-        c.add(c.multiply(Decimal(cache_write_tokens), rates.cache_write), c.multiply(Decimal(output_tokens), rates.output)),
+    parts = (
+        c.multiply(Decimal(plain), rates.input),
+        c.multiply(Decimal(cached_input_tokens), rates.cached_input),
+        c.multiply(Decimal(cache_write_tokens), rates.cache_write),
+        c.multiply(Decimal(output_tokens), rates.output),
     )
+    total = Decimal(0)
+    for part in parts:
+        total = c.add(total, part)
     return c.divide(total, Decimal(rates.per))

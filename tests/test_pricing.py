@@ -131,3 +131,9 @@ def test_bad_token_counts(args: tuple, message: str) -> None:
 def test_cached_tokens_cannot_exceed_the_prompt() -> None:
     with pytest.raises(ConfigError, match="exceed input_tokens"):
         estimate(cost(input="1", output="1"), 10, 0, cached_input_tokens=6, cache_write_tokens=5)
+
+
+def test_inside_a_tier_cache_tokens_without_any_cache_price_bill_at_the_tier_input() -> None:
+    c = cost(input="1", output="1", tiers=[{"threshold": 100, "input": "3", "output": "3"}])
+    # 200 prompt tokens, 50 cached, 50 written, no cache prices anywhere: all 200 x 3 = 600 per M
+    assert estimate(c, 200, 0, cached_input_tokens=50, cache_write_tokens=50) == D("0.0006")

@@ -8,6 +8,7 @@ prices. Running it twice changes nothing the second time.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -29,6 +30,7 @@ __all__ = ["SyncPlan", "plan_sync", "read_catalog_file", "sync"]
 
 _SYNC_ATTEMPTS = 5
 _decoder = msgspec.json.Decoder(float_hook=Decimal)
+_BYTE_POSITION = re.compile(r"(?:\(byte (\d+)\)|at byte (\d+))\s*$")
 
 
 def _line_col(data: bytes, position: int) -> str:
@@ -44,9 +46,14 @@ def parse_catalog(data: bytes, *, where: str = "<config>") -> list[ModelSpec]:
         document = _decoder.decode(data)
     except msgspec.DecodeError as exc:
         message = str(exc)
-        position = message.rsplit("at byte ", 1)
-        if len(position) == 2 and position[1].isdigit():
-            message = f"{position[0].rstrip(' -')} ({_line_col(data, int(position[1]))})"
+        # msgspec ends the message with "(byte N)" (older versions: "at byte N"); a document
+        # cut short says only "truncated", so point at its end.
+        position = _BYTE_POSITION.search(message)
+        if position is not None:
+            offset = int(position.group(1) or position.group(2))
+            message = f"{message[: position.start()].rstrip(' -')} ({_line_col(data, offset)})"
+        elif "truncated" in message:
+            message = f"{message} (at the end, {_line_col(data, len(data))})"
         raise ConfigError(f"{where}: not valid JSON: {message}") from None
     labels: dict[int, str] = {}
     if isinstance(document, dict) and isinstance(document.get("models"), list):

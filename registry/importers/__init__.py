@@ -1,0 +1,1 @@
+"""Importers that turn third-party model catalogs into :class:`registry.models.ModelSpec`."""

@@ -1,0 +1,150 @@
+"""Every worker sees the same catalog: a write in one process shows in another's local copy.
+
+The reader runs in a separate process and reads only its local copy (no explicit refresh);
+it reports how long after the write returned it first saw the change. Three ways to learn of
+the change are exercised: the pub/sub notice, a reconnect after the pub/sub connection was
+killed, and the periodic revision check alone (notices muted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from registry import AsyncRegistry, Registry
+from tests.conftest import ROOT, model
+
+READER = r"""
+import asyncio, json, sys, time
+from registry import AsyncRegistry, Registry, ModelNotFoundError
+
+url, kind, mute = sys.argv[1], sys.argv[2], sys.argv[3] == "mute"
+
+def seen(snapshot_reader):
+    try:
+        return snapshot_reader() == 4242
+    except ModelNotFoundError:
+        return False
+
+def wait(reader):
+    while reg.redis.pubsub_numsub(reg._channel)[0][1] < 1:  # the watcher has subscribed
+        time.sleep(0.002)
+    print("ready", flush=True)
+    written = float(sys.stdin.readline())
+    while time.time() < written + 5:
+        if seen(reader):
+            return time.time() - written
+        time.sleep(0.002)
+    return None
+
+if kind == "sync":
+    reg = Registry.from_url(url, refresh_interval=0.5)
+    if mute:
+        reg._channel = "muted"
+    reg.list_models()
+    elapsed = wait(lambda: reg.get_model("openai:new").context_window)
+    reg.close()
+else:
+    async def main():
+        reg = AsyncRegistry.from_url(url, refresh_interval=0.5)
+        if mute:
+            reg._channel = "muted"
+        await reg.list_models()
+        while (await reg.redis.pubsub_numsub(reg._channel))[0][1] < 1:
+            await asyncio.sleep(0.002)
+        loop = asyncio.get_running_loop()
+        print("ready", flush=True)
+        written = float(await loop.run_in_executor(None, sys.stdin.readline))
+        elapsed = None
+        while time.time() < written + 5:
+            try:
+                if (await reg.get_model("openai:new")).context_window == 4242:
+                    elapsed = time.time() - written
+                    break
+            except ModelNotFoundError:
+                pass
+            await asyncio.sleep(0.002)
+        await reg.aclose()
+        return elapsed
+    elapsed = asyncio.run(main())
+print(json.dumps({"elapsed": elapsed}), flush=True)
+"""
+
+
+def visibility(redis_url: str, kind: str, how: str) -> float | None:
+    """Seconds from the end of a write in this process to its sight in another process."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", READER, redis_url, kind, "mute" if how == "mute" else "-"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "ready"
+        writer = Registry.from_url(redis_url, watch=False)
+        if how == "kill":
+            admin = redis.Redis.from_url(redis_url)
+            assert admin.client_kill_filter(_type="pubsub") >= 1
+            admin.close()
+        writer.register_model(model(id="new", context_window=4242))
+        child.stdin.write(f"{time.time()}\n")
+        child.stdin.flush()
+        result = json.loads(child.stdout.readline())
+        writer.close()
+        return result["elapsed"]
+    finally:
+        for pipe in (child.stdin, child.stdout):
+            if pipe is not None:
+                pipe.close()  # an unfinished reader gets EOF and exits
+        child.wait(timeout=30)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("how", ["notice", "kill", "mute"])
+def test_a_write_is_visible_in_another_process_within_one_second(redis_url: str, kind: str, how: str) -> None:
+    elapsed = visibility(redis_url, kind, how)
+    assert elapsed is not None, "the other process never saw the write"
+    assert elapsed < 1.0
+
+
+def test_the_sync_watcher_follows_changes_in_process(redis_url: str) -> None:
+    writer = Registry.from_url(redis_url, watch=False)
+    reader = Registry.from_url(redis_url, refresh_interval=0.2)
+    assert reader.list_models() == []
+    writer.register_model(model())
+    deadline = time.monotonic() + 5
+    while not reader.list_models() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert [m.key for m in reader.list_models()] == ["openai:gpt-4"]
+    reader.close()
+    writer.close()
+
+
+def test_the_watcher_survives_a_dead_server_and_recovers(server: Any) -> None:
+    """Point a watcher at a port nothing listens on: it keeps retrying, and close() still works."""
+    from registry.embedded import free_port
+
+    reg = Registry.from_url(f"redis://127.0.0.1:{free_port()}/0", refresh_interval=0.05)
+    reg._snapshot = __import__("registry.catalog.snapshot", fromlist=["Snapshot"]).Snapshot()
+    reg._start_watcher()
+    time.sleep(0.2)  # let it fail a few times (the behaviour under test is not crashing)
+    assert reg._watcher is not None and reg._watcher.is_alive()
+    reg.close()
+    assert reg._watcher is None
+
+
+def test_async_watcher_cancels_cleanly(redis_url: str) -> None:
+    async def main() -> None:
+        reg = AsyncRegistry.from_url(redis_url, refresh_interval=0.05)
+        await reg.list_models()
+        assert reg._watcher is not None
+        await reg.aclose()
+        assert reg._watcher is None
+
+    asyncio.run(main())
