@@ -91,6 +91,13 @@ class RegistryBase:
         specs = [coerce_model(m, where=f"models[{i}]") for i, m in enumerate(models)]
         return [Write("put" if replace else "create", m.key, None, m) for m in specs]
 
+    def _written_entry(self, write: Write, revision: int) -> CatalogEntry:
+        """The entry a write just made: from the refreshed local copy, else built from the write."""
+        assert write.model is not None
+        if self._snapshot is not None and write.key in self._snapshot.rows:
+            return self._snapshot.entry(write.key)
+        return CatalogEntry(write.model, revision, 0)
+
     @staticmethod
     def _delete_write(model_key: str, expected_revision: int | None) -> list[Write]:
         return [Write("delete", RegistryBase._key(model_key), expected_revision)]
@@ -114,14 +121,19 @@ class RegistryBase:
         ranked = snapshot.cheapest(query, limit=limit, input_tokens=input_tokens, output_tokens=output_tokens)
         return [model for model, _ in ranked]
 
-    @staticmethod
-    def _entry_after_write(entry: CatalogEntry, snapshot: Snapshot) -> CatalogEntry:
-        return snapshot.entries.get(entry.model.key, entry)
 
-
-def estimate_from(snapshot: Snapshot, model_key: str, input_tokens: int, output_tokens: int,
-                  cached_input_tokens: int, cache_write_tokens: int) -> Decimal:
+def estimate_from(
+    snapshot: Snapshot,
+    model_key: str,
+    input_tokens: int,
+    output_tokens: int,
+    cached_input_tokens: int,
+    cache_write_tokens: int,
+) -> Decimal:
     return snapshot.estimate_cost(
-        RegistryBase._key(model_key), input_tokens, output_tokens,
-        cached_input_tokens=cached_input_tokens, cache_write_tokens=cache_write_tokens,
+        RegistryBase._key(model_key),
+        input_tokens,
+        output_tokens,
+        cached_input_tokens=cached_input_tokens,
+        cache_write_tokens=cache_write_tokens,
     )

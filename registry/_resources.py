@@ -19,9 +19,7 @@ def _first_existing(*candidates: Path) -> Path:
     for candidate in candidates:
         if candidate.exists():
             return candidate
-    raise FileNotFoundError(
-        "registry's data files are missing; looked in " + ", ".join(str(c) for c in candidates)
-    )
+    raise FileNotFoundError("registry's data files are missing; looked in " + ", ".join(str(c) for c in candidates))
 
 
 @cache

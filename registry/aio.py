@@ -51,7 +51,10 @@ class AsyncRegistry(RegistryBase):
         owns_client: bool = False,
     ) -> None:
         super().__init__(
-            client, namespace=namespace, watch=watch, refresh_interval=refresh_interval,
+            client,
+            namespace=namespace,
+            watch=watch,
+            refresh_interval=refresh_interval,
             owns_client=owns_client,
         )
         self._lock: asyncio.Lock | None = None
@@ -70,8 +73,7 @@ class AsyncRegistry(RegistryBase):
     ) -> AsyncRegistry:
         """Connect to ``redis://``, ``rediss://`` or ``unix://`` ``url``."""
         client = aredis.Redis.from_url(check_url(url), decode_responses=True, **redis_options)
-        return cls(client, namespace=namespace, watch=watch, refresh_interval=refresh_interval,
-                   owns_client=True)
+        return cls(client, namespace=namespace, watch=watch, refresh_interval=refresh_interval, owns_client=True)
 
     # -- I/O ------------------------------------------------------------------------------------
 
@@ -162,7 +164,7 @@ class AsyncRegistry(RegistryBase):
         """Add one model; with ``replace`` overwrite one of the same key."""
         writes = self._register_writes([model], replace)
         revision = await self._written(await self._run(ops.write(self.keys, writes)))
-        return CatalogEntry(writes[0].model, revision, 0)  # type: ignore[arg-type]
+        return self._written_entry(writes[0], revision)
 
     async def register_models(self, models: Iterable[ModelSpec | Mapping[str, Any]], *, replace: bool = False) -> int:
         """Add many models in one atomic write (all or none); returns the new revision."""
@@ -172,7 +174,9 @@ class AsyncRegistry(RegistryBase):
         self, model_key: str, changes: ModelSpec | Mapping[str, Any], *, expected_revision: int | None = None
     ) -> CatalogEntry:
         """Change fields of a model. ``expected_revision`` makes it a compare-and-set."""
-        entry = await self._run(ops.update(self.keys, self._key(model_key), changes, expected_revision=expected_revision))
+        entry = await self._run(
+            ops.update(self.keys, self._key(model_key), changes, expected_revision=expected_revision)
+        )
         await self._written(entry.revision)
         return entry
 
@@ -186,8 +190,9 @@ class AsyncRegistry(RegistryBase):
             return False
         return True
 
-    async def sync_models(self, models: Sequence[ModelSpec | Mapping[str, Any]], *, prune: bool = False,
-                    dry_run: bool = False) -> SyncPlan:
+    async def sync_models(
+        self, models: Sequence[ModelSpec | Mapping[str, Any]], *, prune: bool = False, dry_run: bool = False
+    ) -> SyncPlan:
         """Make the catalog hold exactly ``models`` (see :mod:`registry.catalog.sync`)."""
         specs = [w.model for w in self._register_writes(models, True)]
         plan: SyncPlan = await self._run(catalog_sync.sync(self.keys, specs, prune=prune, dry_run=dry_run))  # type: ignore[arg-type]
@@ -209,8 +214,9 @@ class AsyncRegistry(RegistryBase):
         """The model with the revision of its last write (for ``expected_revision``)."""
         return (await self._catalog()).entry(self._key(model_key))
 
-    async def list_models(self, *, provider: str | Sequence[str] | None = None,
-                    status: str | Sequence[str] | None = None) -> list[ModelSpec]:
+    async def list_models(
+        self, *, provider: str | Sequence[str] | None = None, status: str | Sequence[str] | None = None
+    ) -> list[ModelSpec]:
         """Every model, by key; optionally of some providers or statuses."""
         return (await self._catalog()).search(SearchQuery.build(provider=provider, status=status))
 
@@ -219,19 +225,40 @@ class AsyncRegistry(RegistryBase):
         return (await self._catalog()).search(SearchQuery.build(**filters))
 
     async def most_cost_effective_models(
-        self, capability: str | Sequence[str] | None = None, limit: int | None = 5, *,
-        input_tokens: int = 3, output_tokens: int = 1, currency: str = "USD",
-        exclude_deprecated: bool = True, **filters: Any,
+        self,
+        capability: str | Sequence[str] | None = None,
+        limit: int | None = 5,
+        *,
+        input_tokens: int = 3,
+        output_tokens: int = 1,
+        currency: str = "USD",
+        exclude_deprecated: bool = True,
+        **filters: Any,
     ) -> list[ModelSpec]:
         """The cheapest models for a request of ``input_tokens``:``output_tokens`` (3:1 default)."""
-        return self._cheapest((await self._catalog()), capability, limit, input_tokens, output_tokens,
-                              currency, exclude_deprecated, filters)
+        return self._cheapest(
+            (await self._catalog()),
+            capability,
+            limit,
+            input_tokens,
+            output_tokens,
+            currency,
+            exclude_deprecated,
+            filters,
+        )
 
-    async def estimate_cost(self, model_key: str, input_tokens: int, output_tokens: int,
-                      cached_input_tokens: int = 0, cache_write_tokens: int = 0) -> Decimal:
+    async def estimate_cost(
+        self,
+        model_key: str,
+        input_tokens: int,
+        output_tokens: int,
+        cached_input_tokens: int = 0,
+        cache_write_tokens: int = 0,
+    ) -> Decimal:
         """The exact price of a request, in the model's currency (see :mod:`registry.pricing`)."""
-        return estimate_from((await self._catalog()), model_key, input_tokens, output_tokens,
-                             cached_input_tokens, cache_write_tokens)
+        return estimate_from(
+            (await self._catalog()), model_key, input_tokens, output_tokens, cached_input_tokens, cache_write_tokens
+        )
 
     async def ping(self) -> bool:
         """True if Redis answers; raises :class:`BackendUnavailable` if it does not."""

@@ -50,7 +50,10 @@ class Registry(RegistryBase):
         owns_client: bool = False,
     ) -> None:
         super().__init__(
-            client, namespace=namespace, watch=watch, refresh_interval=refresh_interval,
+            client,
+            namespace=namespace,
+            watch=watch,
+            refresh_interval=refresh_interval,
             owns_client=owns_client,
         )
         self._lock = threading.Lock()
@@ -69,8 +72,7 @@ class Registry(RegistryBase):
     ) -> Registry:
         """Connect to ``redis://``, ``rediss://`` or ``unix://`` ``url``."""
         client = redis.Redis.from_url(check_url(url), decode_responses=True, **redis_options)
-        return cls(client, namespace=namespace, watch=watch, refresh_interval=refresh_interval,
-                   owns_client=True)
+        return cls(client, namespace=namespace, watch=watch, refresh_interval=refresh_interval, owns_client=True)
 
     # -- I/O ------------------------------------------------------------------------------------
 
@@ -162,7 +164,7 @@ class Registry(RegistryBase):
         """Add one model; with ``replace`` overwrite one of the same key."""
         writes = self._register_writes([model], replace)
         revision = self._written(self._run(ops.write(self.keys, writes)))
-        return CatalogEntry(writes[0].model, revision, 0)  # type: ignore[arg-type]
+        return self._written_entry(writes[0], revision)
 
     def register_models(self, models: Iterable[ModelSpec | Mapping[str, Any]], *, replace: bool = False) -> int:
         """Add many models in one atomic write (all or none); returns the new revision."""
@@ -186,8 +188,9 @@ class Registry(RegistryBase):
             return False
         return True
 
-    def sync_models(self, models: Sequence[ModelSpec | Mapping[str, Any]], *, prune: bool = False,
-                    dry_run: bool = False) -> SyncPlan:
+    def sync_models(
+        self, models: Sequence[ModelSpec | Mapping[str, Any]], *, prune: bool = False, dry_run: bool = False
+    ) -> SyncPlan:
         """Make the catalog hold exactly ``models`` (see :mod:`registry.catalog.sync`)."""
         specs = [w.model for w in self._register_writes(models, True)]
         plan: SyncPlan = self._run(catalog_sync.sync(self.keys, specs, prune=prune, dry_run=dry_run))  # type: ignore[arg-type]
@@ -209,8 +212,9 @@ class Registry(RegistryBase):
         """The model with the revision of its last write (for ``expected_revision``)."""
         return self._catalog().entry(self._key(model_key))
 
-    def list_models(self, *, provider: str | Sequence[str] | None = None,
-                    status: str | Sequence[str] | None = None) -> list[ModelSpec]:
+    def list_models(
+        self, *, provider: str | Sequence[str] | None = None, status: str | Sequence[str] | None = None
+    ) -> list[ModelSpec]:
         """Every model, by key; optionally of some providers or statuses."""
         return self._catalog().search(SearchQuery.build(provider=provider, status=status))
 
@@ -219,19 +223,33 @@ class Registry(RegistryBase):
         return self._catalog().search(SearchQuery.build(**filters))
 
     def most_cost_effective_models(
-        self, capability: str | Sequence[str] | None = None, limit: int | None = 5, *,
-        input_tokens: int = 3, output_tokens: int = 1, currency: str = "USD",
-        exclude_deprecated: bool = True, **filters: Any,
+        self,
+        capability: str | Sequence[str] | None = None,
+        limit: int | None = 5,
+        *,
+        input_tokens: int = 3,
+        output_tokens: int = 1,
+        currency: str = "USD",
+        exclude_deprecated: bool = True,
+        **filters: Any,
     ) -> list[ModelSpec]:
         """The cheapest models for a request of ``input_tokens``:``output_tokens`` (3:1 default)."""
-        return self._cheapest(self._catalog(), capability, limit, input_tokens, output_tokens,
-                              currency, exclude_deprecated, filters)
+        return self._cheapest(
+            self._catalog(), capability, limit, input_tokens, output_tokens, currency, exclude_deprecated, filters
+        )
 
-    def estimate_cost(self, model_key: str, input_tokens: int, output_tokens: int,
-                      cached_input_tokens: int = 0, cache_write_tokens: int = 0) -> Decimal:
+    def estimate_cost(
+        self,
+        model_key: str,
+        input_tokens: int,
+        output_tokens: int,
+        cached_input_tokens: int = 0,
+        cache_write_tokens: int = 0,
+    ) -> Decimal:
         """The exact price of a request, in the model's currency (see :mod:`registry.pricing`)."""
-        return estimate_from(self._catalog(), model_key, input_tokens, output_tokens,
-                             cached_input_tokens, cache_write_tokens)
+        return estimate_from(
+            self._catalog(), model_key, input_tokens, output_tokens, cached_input_tokens, cache_write_tokens
+        )
 
     def ping(self) -> bool:
         """True if Redis answers; raises :class:`BackendUnavailable` if it does not."""

@@ -83,14 +83,20 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes] | None, timeout: floa
     try:
         while True:
             try:
-                info = client.info("server")
-                return str(info.get("redis_version", "?"))
+                client.ping()
             except redis.exceptions.ConnectionError:
                 if process is not None and process.poll() is not None:
                     raise RuntimeError(f"redis-server exited with code {process.returncode}") from None
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.02)
+                continue
+            try:
+                return str(client.info("server").get("redis_version", "?"))
+            except redis.exceptions.ResponseError:  # fakeredis has no INFO
+                import fakeredis
+
+                return f"fakeredis {fakeredis.__version__}"
     finally:
         client.close()
 
@@ -101,11 +107,34 @@ def start_redis_server(*extra_args: str, executable: str | None = None, timeout:
     if executable is None:
         raise FileNotFoundError("redis-server is not on PATH")
     workdir = tempfile.TemporaryDirectory(prefix="registry-redis-")
+    try:
+        return _start_in(executable, workdir, extra_args, timeout)
+    except BaseException:
+        workdir.cleanup()
+        raise
+
+
+def _start_in(
+    executable: str, workdir: tempfile.TemporaryDirectory[str], extra_args: tuple[str, ...], timeout: float
+) -> EmbeddedRedis:
     for _attempt in range(5):
         port = free_port()
         args = [
-            executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", workdir.name, "--daemonize", "no", "--logfile", str(Path(workdir.name) / "redis.log"),
+            executable,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir.name,
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(Path(workdir.name) / "redis.log"),
             *extra_args,
         ]
         process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -115,7 +144,6 @@ def start_redis_server(*extra_args: str, executable: str | None = None, timeout:
         except RuntimeError:
             continue  # the port was taken between free_port() and bind: try another
         return EmbeddedRedis(url, "redis-server", version, _process=process, _dir=workdir)
-    workdir.cleanup()
     raise RuntimeError("could not start redis-server on a free port")
 
 

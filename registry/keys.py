@@ -34,9 +34,7 @@ class Keys:
 
     def __post_init__(self) -> None:
         if not isinstance(self.namespace, str) or not _NAMESPACE.match(self.namespace):
-            raise ConfigError(
-                f"namespace {self.namespace!r}: use 1 to 64 letters, digits, '.', '_' or '-'"
-            )
+            raise ConfigError(f"namespace {self.namespace!r}: use 1 to 64 letters, digits, '.', '_' or '-'")
 
     @property
     def catalog_tag(self) -> str:

@@ -65,9 +65,7 @@ def validate_name(value: str, *, what: str = "name", max_length: int = MAX_ID_LE
         if ch in "{}":
             raise ValueError(f"{what} {value!r} contains a brace, which would break Redis keys")
         if ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Zs"):
-            raise ValueError(
-                f"{what} {value!r} contains whitespace or a control character (U+{ord(ch):04X})"
-            )
+            raise ValueError(f"{what} {value!r} contains whitespace or a control character (U+{ord(ch):04X})")
     return value
 
 

@@ -23,7 +23,7 @@ from decimal import Decimal
 from registry.errors import ConfigError
 from registry.models import MAX_TOKENS, Cost
 
-__all__ = ["Rates", "estimate", "rates_for"]
+__all__ = ["Rates", "check_tokens", "estimate", "price", "rates_for"]
 
 # Prices carry at most a few dozen significant digits and token counts at most 10; a
 # thousand digits of precision can never round, and Inexact traps prove it.
@@ -98,16 +98,25 @@ def estimate(
             f"({cached_input_tokens} + {cache_write_tokens}) exceed input_tokens ({input_tokens}):"
             " input_tokens counts every prompt token, cached ones included"
         )
+    return price(cost, input_tokens, output_tokens, cached_input_tokens, cache_write_tokens)
+
+
+def check_tokens(name: str, value: int) -> int:
+    """``value`` if it is a whole token count in range; :class:`ConfigError` otherwise."""
+    return _tokens(name, value)
+
+
+def price(
+    cost: Cost, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0, cache_write_tokens: int = 0
+) -> Decimal:
+    """:func:`estimate` without checking its arguments (for callers that checked them once)."""
     rates = rates_for(cost, input_tokens)
     plain = input_tokens - cached_input_tokens - cache_write_tokens
     c = _EXACT
-    parts = (
-        c.multiply(Decimal(plain), rates.input),
-        c.multiply(Decimal(cached_input_tokens), rates.cached_input),
-        c.multiply(Decimal(cache_write_tokens), rates.cache_write),
-        c.multiply(Decimal(output_tokens), rates.output),
-    )
-    total = Decimal(0)
-    for part in parts:
-        total = c.add(total, part)
+    total = c.multiply(Decimal(plain), rates.input)
+    if cached_input_tokens:
+        total = c.add(total, c.multiply(Decimal(cached_input_tokens), rates.cached_input))
+    if cache_write_tokens:
+        total = c.add(total, c.multiply(Decimal(cache_write_tokens), rates.cache_write))
+    total = c.add(total, c.multiply(Decimal(output_tokens), rates.output))
     return c.divide(total, Decimal(rates.per))

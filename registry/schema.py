@@ -29,9 +29,9 @@ SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_ID = "urn:registry:config:models.schema.json"
 SCHEMA_TITLE = "registry model catalog"
 SCHEMA_DESCRIPTION = (
-    "The config file of registry's model catalog: {\"models\": [...]}, one entry per model, "
+    'The config file of registry\'s model catalog: {"models": [...]}, one entry per model, '
     "keyed by provider:id. Prices are exact decimals per `per` tokens (1, 1000 or 1000000), "
-    "written as a JSON number or, better, as a string such as \"2.50\". Load it with "
+    'written as a JSON number or, better, as a string such as "2.50". Load it with '
     "`registry sync FILE` or Registry.load_config(FILE)."
 )
 
@@ -46,9 +46,7 @@ SEMVER_PATTERN = (
 )
 # No braces, whitespace, control characters or the usual invisible format characters
 # (registry.models.validate_name is the full rule).
-NAME_PATTERN = (
-    r"^[^{}\s\x00-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]+$"
-)
+NAME_PATTERN = r"^[^{}\s\x00-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]+$"
 CURRENCY_PATTERN = r"^[A-Za-z]{3}$"
 
 
@@ -87,9 +85,7 @@ def _refine(schema: dict[str, Any]) -> None:
         defs["JsonValue"] = {"description": "Any JSON value."}
     document = _node(schema, "properties", "$schema")
     document["title"] = "Schema"
-    document["description"] = (
-        "Where editors find this schema, e.g. \"./models.schema.json\"; ignored by the loader."
-    )
+    document["description"] = 'Where editors find this schema, e.g. "./models.schema.json"; ignored by the loader.'
 
 
 def catalog_schema() -> dict[str, Any]:

@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 import redis
 
-from registry import AsyncRegistry, Registry
-from registry import embedded
+from registry import AsyncRegistry, Registry, embedded
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -68,7 +67,7 @@ def redis_url(server: embedded.EmbeddedRedis) -> Iterator[str]:
     client = redis.Redis.from_url(server.url)
     client.flushall()
     client.close()
-    yield server.url
+    return server.url
 
 
 @pytest.fixture

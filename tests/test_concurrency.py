@@ -37,8 +37,7 @@ def _increment(url: str, times: int, barrier: Any, results: Any) -> None:
             entry = reg.get_entry("openai:counter")
             count = int(entry.model.metadata["count"])  # type: ignore[call-overload]
             try:
-                reg.update_model("openai:counter", {"metadata": {"count": count + 1}},
-                                 expected_revision=entry.revision)
+                reg.update_model("openai:counter", {"metadata": {"count": count + 1}}, expected_revision=entry.revision)
                 break
             except RevisionConflictError:
                 conflicts += 1

@@ -108,9 +108,7 @@ def test_shipped_config_values() -> None:
     assert "reasoning" in gpt52.capabilities
 
     gpt55 = models["openai:gpt-5.5"]
-    tiers = [
-        (t.threshold, t.inclusive, t.input, t.output, t.cached_input) for t in gpt55.cost.tiers
-    ]
+    tiers = [(t.threshold, t.inclusive, t.input, t.output, t.cached_input) for t in gpt55.cost.tiers]
     assert tiers == [(272000, False, Decimal("10.00"), Decimal("45.00"), Decimal("1.00"))]
 
     opus = models["anthropic:claude-opus-4-7"]
@@ -193,8 +191,7 @@ def test_shipped_prices_match_the_litellm_map(litellm_map: Path) -> None:
 
 def test_committed_schema_is_the_generated_one() -> None:
     assert SCHEMA.read_text(encoding="utf-8") == render_schema(), (
-        "config/models.schema.json is out of date: "
-        "run `registry schema --output config/models.schema.json`"
+        "config/models.schema.json is out of date: run `registry schema --output config/models.schema.json`"
     )
 
 
@@ -275,47 +272,69 @@ def _set(path: tuple[Any, ...], value: Any) -> Mutation:
 BROKEN: dict[str, tuple[Mutation, str, str, str]] = {
     "negative price": (
         _set(("models", 3, "cost", "input"), "-0.03"),
-        "models[3] (openai:gpt-4)", ".cost.input", "greater than or equal to 0",
+        "models[3] (openai:gpt-4)",
+        ".cost.input",
+        "greater than or equal to 0",
     ),
     "negative price as a number": (
         _set(("models", 3, "cost", "output"), -1),
-        "models[3] (openai:gpt-4)", ".cost.output", "greater than or equal to 0",
+        "models[3] (openai:gpt-4)",
+        ".cost.output",
+        "greater than or equal to 0",
     ),
     "negative tier price": (
         _set(("models", 0, "cost", "tiers", 0, "input"), "-10"),
-        "models[0] (openai:gpt-5.5)", ".cost.tiers[0].input", "greater than or equal to 0",
+        "models[0] (openai:gpt-5.5)",
+        ".cost.tiers[0].input",
+        "greater than or equal to 0",
     ),
     "unknown currency": (
         _set(("models", 3, "cost", "currency"), "XYZ"),
-        "models[3] (openai:gpt-4)", ".cost.currency", "XYZ",
+        "models[3] (openai:gpt-4)",
+        ".cost.currency",
+        "XYZ",
     ),
     "bad semver": (
         _set(("models", 3, "version"), "1.0"),
-        "models[3] (openai:gpt-4)", ".version", "semantic version",
+        "models[3] (openai:gpt-4)",
+        ".version",
+        "semantic version",
     ),
     "id with a brace": (
         _set(("models", 3, "id"), "gpt-{4}"),
-        "models[3] (openai:gpt-{4})", ".id", "brace",
+        "models[3] (openai:gpt-{4})",
+        ".id",
+        "brace",
     ),
     "id with whitespace": (
         _set(("models", 3, "id"), "gpt 4"),
-        "models[3] (openai:gpt 4)", ".id", "whitespace",
+        "models[3] (openai:gpt 4)",
+        ".id",
+        "whitespace",
     ),
     "duplicate key": (
         _set(("models", 4, "id"), "gpt-4"),
-        "models[4] (openai:gpt-4)", ".id", "models[3]",
+        "models[4] (openai:gpt-4)",
+        ".id",
+        "models[3]",
     ),
     "unknown field": (
         _set(("models", 3, "colour"), "red"),
-        "models[3] (openai:gpt-4)", ".colour", "Extra inputs are not permitted",
+        "models[3] (openai:gpt-4)",
+        ".colour",
+        "Extra inputs are not permitted",
     ),
     "unknown cost field": (
         _set(("models", 3, "cost", "discount"), "0.5"),
-        "models[3] (openai:gpt-4)", ".cost.discount", "Extra inputs are not permitted",
+        "models[3] (openai:gpt-4)",
+        ".cost.discount",
+        "Extra inputs are not permitted",
     ),
     "wrong per": (
         _set(("models", 3, "cost", "per"), 100),
-        "models[3] (openai:gpt-4)", ".cost.per", "1000000",
+        "models[3] (openai:gpt-4)",
+        ".cost.per",
+        "1000000",
     ),
 }
 
@@ -346,9 +365,7 @@ def test_broken_config_names_file_entry_and_field(tmp_path: Path, case: str) -> 
 
 
 @pytest.mark.parametrize("case", sorted(BROKEN))
-def test_loading_a_broken_config_leaves_redis_unchanged(
-    reg: Any, r: redis.Redis, tmp_path: Path, case: str
-) -> None:
+def test_loading_a_broken_config_leaves_redis_unchanged(reg: Any, r: redis.Redis, tmp_path: Path, case: str) -> None:
     reg.load_config(CONFIG)
     before = redis_dump(r)
     assert before
@@ -376,9 +393,7 @@ def test_truncated_json_names_file_and_where_it_ends(tmp_path: Path) -> None:
     assert "line 3, column 1" in str(info.value)
 
 
-def test_loading_invalid_json_leaves_redis_unchanged(
-    reg: Any, r: redis.Redis, tmp_path: Path
-) -> None:
+def test_loading_invalid_json_leaves_redis_unchanged(reg: Any, r: redis.Redis, tmp_path: Path) -> None:
     reg.load_config(CONFIG)
     before = redis_dump(r)
     path = tmp_path / "invalid.json"

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from registry.errors import ConfigError
 from registry.importers.litellm import LiteLLMImport, import_litellm_map, is_noisy
 from registry.models import ModelSpec, Status
 from registry.pricing import estimate, rates_for
@@ -71,9 +72,7 @@ def _thresholds(entry: dict[str, Any]) -> dict[int, dict[str, Decimal]]:
     return {t: prices for t, prices in tiers.items() if "input" in prices}
 
 
-def expected_cost(
-    entry: dict[str, Any], provider: str, prompt: int, output: int, cached: int, written: int
-) -> Decimal:
+def expected_cost(entry: dict[str, Any], provider: str, prompt: int, output: int, cached: int, written: int) -> Decimal:
     """LiteLLM's rule from the raw text: the highest tier passed (from exactly the threshold
     for xai, strictly above it elsewhere) bills the whole request; a price a tier leaves out
     is the base one; a cache price given nowhere is the applicable input price."""
@@ -100,9 +99,7 @@ def _prompts(entry: dict[str, Any]) -> list[int]:
 
 def _cases(entry: dict[str, Any]) -> list[tuple[int, int, int, int]]:
     return [
-        case
-        for prompt in _prompts(entry)
-        for case in ((prompt, 0, 0, 0), (prompt, 1234, prompt // 2, prompt // 4))
+        case for prompt in _prompts(entry) for case in ((prompt, 0, 0, 0), (prompt, 1234, prompt // 2, prompt // 4))
     ]
 
 
@@ -156,9 +153,7 @@ def test_every_priced_chat_entry_is_imported_unless_documented(
     assert len(imported_chat) > 3000
     # aliases: every alias of an imported entry is imported, and nothing else is
     alias_keys = {k for k, e in raw.items() if isinstance(e, dict) and "alias_of" in e}
-    assert result.aliases == {
-        k: raw[k]["alias_of"] for k in alias_keys if raw[k]["alias_of"] in by_id
-    }
+    assert result.aliases == {k: raw[k]["alias_of"] for k in alias_keys if raw[k]["alias_of"] in by_id}
     assert len(result.aliases) == 98
 
 
@@ -231,9 +226,7 @@ def test_report_lists_every_reason_and_key(loaded: tuple[dict[str, Any], LiteLLM
     assert result.skipped["not a model entry"] == ["fallback_generalizations", "sample_spec"]
 
 
-def test_register_whole_import_in_redis(
-    reg: Any, loaded: tuple[dict[str, Any], LiteLLMImport]
-) -> None:
+def test_register_whole_import_in_redis(reg: Any, loaded: tuple[dict[str, Any], LiteLLMImport]) -> None:
     raw, result = loaded
     reg.register_models(result.models)
     assert len(reg.list_models()) == len(result.models)
@@ -501,12 +494,16 @@ def test_sources_bytes_text_and_path(tmp_path: Path) -> None:
     )
     path = tmp_path / "map.json"
     path.write_text(text)
-    for source in (text, text.encode(), path, str(path)):
+    for source in (text.encode(), path, str(path)):
         result = import_litellm_map(source)
         assert result.models[0].cost.input == Decimal("1.0000000000000001E-7")
         assert result.noisy_prices == ["m"]
-    with pytest.raises(ValueError, match="JSON object"):
+    with pytest.raises(ConfigError, match="JSON object"):
         import_litellm_map(b"[1]")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        import_litellm_map(b"{")
+    with pytest.raises(ConfigError, match="cannot read"):
+        import_litellm_map(text)  # a str is a path, never JSON text
     empty = import_litellm_map({})
     assert empty.summary()["imported"] == 0
     assert empty.report_lines() == ["imported 0 models (0 aliases)"]

@@ -55,7 +55,9 @@ def test_bad_provider_names_are_refused(provider: str) -> None:
         coerce_model(model(provider=provider))
 
 
-@pytest.mark.parametrize("provider", ["openai", "anthropic", "llama.cpp", "custom", "vertex_ai-language-models", "scx-ai"])
+@pytest.mark.parametrize(
+    "provider", ["openai", "anthropic", "llama.cpp", "custom", "vertex_ai-language-models", "scx-ai"]
+)
 def test_providers_are_an_open_set(provider: str) -> None:
     assert coerce_model(model(provider=provider)).provider == provider
 
@@ -86,9 +88,20 @@ def test_prices_are_exact_decimals_from_text() -> None:
         ({"capabilities": ["Chat"]}, "capabilities[0]", "pattern"),
         ({"tags": ["a b"]}, "tags[0]", "whitespace"),
         ({"colour": "red"}, "colour", "Extra inputs"),
-        ({"cost": {"input": "1", "output": "1", "tiers": [
-            {"threshold": 10, "input": "2", "output": "2"}, {"threshold": 10, "input": "3", "output": "3"}]}},
-         "cost.tiers", "same threshold"),
+        (
+            {
+                "cost": {
+                    "input": "1",
+                    "output": "1",
+                    "tiers": [
+                        {"threshold": 10, "input": "2", "output": "2"},
+                        {"threshold": 10, "input": "3", "output": "3"},
+                    ],
+                }
+            },
+            "cost.tiers",
+            "same threshold",
+        ),
     ],
 )
 def test_bad_fields_name_their_path(fields: dict, path: str, message: str) -> None:

@@ -28,7 +28,8 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     (built,) = out.glob("registry-*.whl")
     return built
@@ -37,7 +38,8 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_wheel_holds_lua_and_config(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     lua = sorted(p.name for p in (ROOT / "lua").glob("*.lua"))
-    assert lua and all(f"registry/lua/{name}" in names for name in lua)
+    assert lua
+    assert all(f"registry/lua/{name}" in names for name in lua)
     assert "registry/data/models.json" in names
     assert "registry/data/models.schema.json" in names
     assert "registry/py.typed" in names
@@ -47,10 +49,12 @@ def test_an_installed_wheel_finds_its_scripts(wheel: Path, tmp_path: Path) -> No
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     # -I: isolated mode, so neither the working directory nor PYTHONPATH shadows the wheel
-    done = subprocess.run([sys.executable, "-I", "-c", CHECK, str(target)], capture_output=True, text=True,
-                          cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", CHECK, str(target)], capture_output=True, text=True, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) == len(list((ROOT / "lua").glob("*.lua")))

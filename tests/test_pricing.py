@@ -68,8 +68,12 @@ def test_cache_writes_and_reads() -> None:
     assert estimate(c, 10_000, 500, cached_input_tokens=5000, cache_write_tokens=2000) == D("0.0255")
 
 
-TIERED = {"input": "1.25", "output": "10", "cached_input": "0.125",
-          "tiers": [{"threshold": 200_000, "input": "2.50", "output": "15", "cached_input": "0.25"}]}
+TIERED = {
+    "input": "1.25",
+    "output": "10",
+    "cached_input": "0.125",
+    "tiers": [{"threshold": 200_000, "input": "2.50", "output": "15", "cached_input": "0.25"}],
+}
 
 
 def test_at_the_threshold_the_base_price_applies() -> None:
@@ -100,10 +104,14 @@ def test_tier_cached_price_and_fallbacks() -> None:
 
 
 def test_the_highest_tier_passed_wins() -> None:
-    c = cost(input="1", output="2", tiers=[
-        {"threshold": 200_000, "input": "4", "output": "8"},
-        {"threshold": 128_000, "input": "2", "output": "4"},
-    ])
+    c = cost(
+        input="1",
+        output="2",
+        tiers=[
+            {"threshold": 200_000, "input": "4", "output": "8"},
+            {"threshold": 128_000, "input": "2", "output": "4"},
+        ],
+    )
     assert [t.threshold for t in c.tiers] == [128_000, 200_000]  # kept sorted
     assert rates_for(c, 128_000).input == D(1)
     assert rates_for(c, 150_000).input == D(2)

@@ -28,7 +28,8 @@ def test_every_script_has_a_contract_header() -> None:
     assert scripts.names() == ["catalog_write"]
     for name in scripts.names():
         source = scripts.load(name).source
-        assert "-- KEYS[1]" in source and "-- ARGV[1]" in source and "-- returns" in source, name
+        for part in ("-- KEYS[1]", "-- ARGV[1]", "-- returns"):
+            assert part in source, f"{name}.lua lacks {part!r}"
 
 
 def test_put_then_delete(r: redis.Redis) -> None:
@@ -50,8 +51,11 @@ def test_put_then_delete(r: redis.Redis) -> None:
 def test_a_conflict_in_a_batch_writes_nothing(r: redis.Redis) -> None:
     call(r, ["openai:a"], [100, "chan", 1, "create", "openai:a", "", FIELDS])
     before = dump(r)
-    reply = call(r, ["openai:b", "openai:a"], [100, "chan", 2, "create", "openai:b", "", FIELDS,
-                                               "create", "openai:a", "", FIELDS])
+    reply = call(
+        r,
+        ["openai:b", "openai:a"],
+        [100, "chan", 2, "create", "openai:b", "", FIELDS, "create", "openai:a", "", FIELDS],
+    )
     assert reply == [2, 2]
     assert dump(r) == before
 
@@ -70,11 +74,17 @@ def test_a_conflict_in_a_batch_writes_nothing(r: redis.Redis) -> None:
         (["openai:a"], [100, "chan", 1, "put", "openai:a", "", '{"n": 5}'], "not a plain string"),
         (["openai:a"], [100, "chan", 1, "put", "", "", FIELDS], "empty model key"),
         (["openai:a"], [100, "chan", 1, "put", "openai:a", "abc", FIELDS], "not a number"),
-        (["openai:a", "openai:a"], [100, "chan", 2, "put", "openai:a", "", FIELDS, "put", "openai:a", "", FIELDS],
-         "twice"),
+        (
+            ["openai:a", "openai:a"],
+            [100, "chan", 2, "put", "openai:a", "", FIELDS, "put", "openai:a", "", FIELDS],
+            "twice",
+        ),
         # the second write is bad: the first must not have been applied
-        (["openai:a", "openai:b"], [100, "chan", 2, "put", "openai:a", "", FIELDS, "bogus", "openai:b", "", FIELDS],
-         "unknown op"),
+        (
+            ["openai:a", "openai:b"],
+            [100, "chan", 2, "put", "openai:a", "", FIELDS, "bogus", "openai:b", "", FIELDS],
+            "unknown op",
+        ),
     ],
 )
 def test_bad_arguments_fail_before_any_write(r: redis.Redis, models: list[str], args: list[Any], message: str) -> None:

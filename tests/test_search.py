@@ -24,25 +24,77 @@ from registry import ConfigError, ModelNotFoundError
 from tests.conftest import model
 
 CATALOG = [
-    model("openai", "gpt-4", context_window=8192, cost={"input": "30", "output": "60"},
-          capabilities=["chat", "function_calling"], status="deprecated", tags=["legacy"]),
-    model("openai", "gpt-4o", name="GPT-4o", context_window=128_000, cost={"input": "2.50", "output": "10"},
-          capabilities=["chat", "vision", "function_calling", "json_mode"], version="2.1.0", tags=["flagship"]),
-    model("openai", "text-embedding-3-small", context_window=8191, cost={"input": "0.02", "output": "0"},
-          capabilities=["embeddings"]),
-    model("anthropic", "claude-3-haiku", name="Claude 3 Haiku", context_window=200_000,
-          cost={"input": "0.25", "output": "1.25"}, capabilities=["chat", "vision"], version="1.2.0-beta.1",
-          tags=["fast"]),
-    model("anthropic", "claude-3-opus", context_window=200_000, cost={"input": "15", "output": "75"},
-          capabilities=["chat", "vision"], status="retired"),
-    model("llama.cpp", "llama-3.1-8b", context_window=131_072, cost={"input": "0", "output": "0"},
-          version="3.1.0", tags=["local"]),
-    model("llama.cpp", "phi-3.5-mini", context_window=128_000, cost={"input": "0", "output": "0"},
-          version="3.5.0", tags=["local"]),
-    model("custom", "my-model", context_window=4096, cost={"input": "0.001", "output": "0.002", "per": 1000},
-          capabilities=["chat", "completion"], status="beta", version="0.1.0-alpha", tags=["template"]),
-    model("custom", "euro-model", context_window=32_000,
-          cost={"input": "0.10", "output": "0.10", "currency": "EUR"}),
+    model(
+        "openai",
+        "gpt-4",
+        context_window=8192,
+        cost={"input": "30", "output": "60"},
+        capabilities=["chat", "function_calling"],
+        status="deprecated",
+        tags=["legacy"],
+    ),
+    model(
+        "openai",
+        "gpt-4o",
+        name="GPT-4o",
+        context_window=128_000,
+        cost={"input": "2.50", "output": "10"},
+        capabilities=["chat", "vision", "function_calling", "json_mode"],
+        version="2.1.0",
+        tags=["flagship"],
+    ),
+    model(
+        "openai",
+        "text-embedding-3-small",
+        context_window=8191,
+        cost={"input": "0.02", "output": "0"},
+        capabilities=["embeddings"],
+    ),
+    model(
+        "anthropic",
+        "claude-3-haiku",
+        name="Claude 3 Haiku",
+        context_window=200_000,
+        cost={"input": "0.25", "output": "1.25"},
+        capabilities=["chat", "vision"],
+        version="1.2.0-beta.1",
+        tags=["fast"],
+    ),
+    model(
+        "anthropic",
+        "claude-3-opus",
+        context_window=200_000,
+        cost={"input": "15", "output": "75"},
+        capabilities=["chat", "vision"],
+        status="retired",
+    ),
+    model(
+        "llama.cpp",
+        "llama-3.1-8b",
+        context_window=131_072,
+        cost={"input": "0", "output": "0"},
+        version="3.1.0",
+        tags=["local"],
+    ),
+    model(
+        "llama.cpp",
+        "phi-3.5-mini",
+        context_window=128_000,
+        cost={"input": "0", "output": "0"},
+        version="3.5.0",
+        tags=["local"],
+    ),
+    model(
+        "custom",
+        "my-model",
+        context_window=4096,
+        cost={"input": "0.001", "output": "0.002", "per": 1000},
+        capabilities=["chat", "completion"],
+        status="beta",
+        version="0.1.0-alpha",
+        tags=["template"],
+    ),
+    model("custom", "euro-model", context_window=32_000, cost={"input": "0.10", "output": "0.10", "currency": "EUR"}),
 ]
 
 
@@ -59,17 +111,38 @@ def keys(models: list[Any]) -> list[str]:
 @pytest.mark.parametrize(
     ("filters", "expected"),
     [
-        ({}, ["anthropic:claude-3-haiku", "anthropic:claude-3-opus", "custom:euro-model", "custom:my-model",
-              "llama.cpp:llama-3.1-8b", "llama.cpp:phi-3.5-mini", "openai:gpt-4", "openai:gpt-4o",
-              "openai:text-embedding-3-small"]),
+        (
+            {},
+            [
+                "anthropic:claude-3-haiku",
+                "anthropic:claude-3-opus",
+                "custom:euro-model",
+                "custom:my-model",
+                "llama.cpp:llama-3.1-8b",
+                "llama.cpp:phi-3.5-mini",
+                "openai:gpt-4",
+                "openai:gpt-4o",
+                "openai:text-embedding-3-small",
+            ],
+        ),
         ({"provider": "openai"}, ["openai:gpt-4", "openai:gpt-4o", "openai:text-embedding-3-small"]),
-        ({"provider": ["custom", "llama.cpp"]},
-         ["custom:euro-model", "custom:my-model", "llama.cpp:llama-3.1-8b", "llama.cpp:phi-3.5-mini"]),
+        (
+            {"provider": ["custom", "llama.cpp"]},
+            ["custom:euro-model", "custom:my-model", "llama.cpp:llama-3.1-8b", "llama.cpp:phi-3.5-mini"],
+        ),
         ({"provider": "mistral"}, []),
         ({"capability": "vision"}, ["anthropic:claude-3-haiku", "anthropic:claude-3-opus", "openai:gpt-4o"]),
         ({"capability": ["chat", "function_calling"]}, ["openai:gpt-4", "openai:gpt-4o"]),
-        ({"min_context_window": 128_000}, ["anthropic:claude-3-haiku", "anthropic:claude-3-opus",
-                                           "llama.cpp:llama-3.1-8b", "llama.cpp:phi-3.5-mini", "openai:gpt-4o"]),
+        (
+            {"min_context_window": 128_000},
+            [
+                "anthropic:claude-3-haiku",
+                "anthropic:claude-3-opus",
+                "llama.cpp:llama-3.1-8b",
+                "llama.cpp:phi-3.5-mini",
+                "openai:gpt-4o",
+            ],
+        ),
         ({"max_context_window": 8192}, ["custom:my-model", "openai:gpt-4", "openai:text-embedding-3-small"]),
         ({"min_context_window": 8192, "max_context_window": 32_000}, ["custom:euro-model", "openai:gpt-4"]),
         ({"name_pattern": "gpt-4"}, ["openai:gpt-4", "openai:gpt-4o"]),
@@ -81,15 +154,27 @@ def keys(models: list[Any]) -> list[str]:
         ({"tags": ["local", "flagship"]}, []),
         ({"status": "beta"}, ["custom:my-model"]),
         ({"status": ["retired", "deprecated"]}, ["anthropic:claude-3-opus", "openai:gpt-4"]),
-        ({"exclude_deprecated": True, "provider": ["openai", "anthropic"]},
-         ["anthropic:claude-3-haiku", "openai:gpt-4o", "openai:text-embedding-3-small"]),
+        (
+            {"exclude_deprecated": True, "provider": ["openai", "anthropic"]},
+            ["anthropic:claude-3-haiku", "openai:gpt-4o", "openai:text-embedding-3-small"],
+        ),
         # both input and output at most 1/M per token (in the model's own currency):
-        ({"max_cost_per_token": Decimal("0.000001")},
-         ["custom:euro-model", "llama.cpp:llama-3.1-8b", "llama.cpp:phi-3.5-mini", "openai:text-embedding-3-small"]),
+        (
+            {"max_cost_per_token": Decimal("0.000001")},
+            ["custom:euro-model", "llama.cpp:llama-3.1-8b", "llama.cpp:phi-3.5-mini", "openai:text-embedding-3-small"],
+        ),
         # at most $2.50/M: haiku (0.25/1.25), my-model (1/2 per M), euro (0.1/0.1), free ones
-        ({"max_cost_per_token": "0.0000025"},
-         ["anthropic:claude-3-haiku", "custom:euro-model", "custom:my-model", "llama.cpp:llama-3.1-8b",
-          "llama.cpp:phi-3.5-mini", "openai:text-embedding-3-small"]),
+        (
+            {"max_cost_per_token": "0.0000025"},
+            [
+                "anthropic:claude-3-haiku",
+                "custom:euro-model",
+                "custom:my-model",
+                "llama.cpp:llama-3.1-8b",
+                "llama.cpp:phi-3.5-mini",
+                "openai:text-embedding-3-small",
+            ],
+        ),
         ({"max_cost_per_token": 0, "provider": "openai"}, []),
         ({"currency": "eur"}, ["custom:euro-model"]),
         # semver: 1.2.0-beta.1 >= 1.0.0 but < 1.2.0; 0.1.0-alpha < 1.0.0
@@ -97,9 +182,15 @@ def keys(models: list[Any]) -> list[str]:
         ({"min_version": "1.2.0-alpha", "max_version": "2.1.0"}, ["anthropic:claude-3-haiku", "openai:gpt-4o"]),
         ({"max_version": "1.0.0-rc.1"}, ["custom:my-model"]),
         ({"max_version": "1.0.0", "provider": "anthropic"}, ["anthropic:claude-3-opus"]),
-        ({"capability": "chat", "min_context_window": 100_000, "exclude_deprecated": True,
-          "max_cost_per_token": "0.00001"},
-         ["anthropic:claude-3-haiku", "llama.cpp:llama-3.1-8b", "llama.cpp:phi-3.5-mini", "openai:gpt-4o"]),
+        (
+            {
+                "capability": "chat",
+                "min_context_window": 100_000,
+                "exclude_deprecated": True,
+                "max_cost_per_token": "0.00001",
+            },
+            ["anthropic:claude-3-haiku", "llama.cpp:llama-3.1-8b", "llama.cpp:phi-3.5-mini", "openai:gpt-4o"],
+        ),
     ],
 )
 def test_search(catalog: Any, filters: dict[str, Any], expected: list[str]) -> None:
@@ -141,8 +232,13 @@ def test_cheapest_default_weighs_three_input_tokens_to_one_output(catalog: Any) 
     #   llama-3.1-8b 0 (ctx 131,072) and phi-3.5-mini 0 (ctx 128,000): tie, larger context first
     #   claude-3-haiku 3 x 0.25 + 1.25 = 2.00;  my-model 3 x 1 + 2 = 5;  gpt-4o 3 x 2.5 + 10 = 17.5
     ranked = catalog.most_cost_effective_models(capability="chat", limit=None)
-    assert keys(ranked) == ["llama.cpp:llama-3.1-8b", "llama.cpp:phi-3.5-mini", "anthropic:claude-3-haiku",
-                            "custom:my-model", "openai:gpt-4o"]
+    assert keys(ranked) == [
+        "llama.cpp:llama-3.1-8b",
+        "llama.cpp:phi-3.5-mini",
+        "anthropic:claude-3-haiku",
+        "custom:my-model",
+        "openai:gpt-4o",
+    ]
     assert keys(catalog.most_cost_effective_models("chat", 3)) == keys(ranked)[:3]
 
 
@@ -158,17 +254,24 @@ def test_cheapest_with_an_output_heavy_mix(catalog: Any) -> None:
 def test_cheapest_filters_and_currency(catalog: Any) -> None:
     assert keys(catalog.most_cost_effective_models(currency="EUR")) == ["custom:euro-model"]
     assert keys(catalog.most_cost_effective_models("chat", 2, provider="openai", exclude_deprecated=False)) == [
-        "openai:gpt-4o", "openai:gpt-4"]
+        "openai:gpt-4o",
+        "openai:gpt-4",
+    ]
     with pytest.raises(ConfigError, match="limit must be a positive integer"):
         catalog.most_cost_effective_models(limit=0)
 
 
 def test_cheapest_applies_tiers_for_long_prompts(reg: Any) -> None:
-    reg.register_models([
-        model("a", "tiered", cost={"input": "1", "output": "1",
-                                   "tiers": [{"threshold": 100_000, "input": "10", "output": "10"}]}),
-        model("b", "flat", cost={"input": "5", "output": "5"}),
-    ])
+    reg.register_models(
+        [
+            model(
+                "a",
+                "tiered",
+                cost={"input": "1", "output": "1", "tiers": [{"threshold": 100_000, "input": "10", "output": "10"}]},
+            ),
+            model("b", "flat", cost={"input": "5", "output": "5"}),
+        ]
+    )
     # short prompt: tiered 1,001 x 1 < flat 1,001 x 5; long: tiered 200,001 x 10 > flat 200,001 x 5
     assert keys(reg.most_cost_effective_models(input_tokens=1000, output_tokens=1)) == ["a:tiered", "b:flat"]
     assert keys(reg.most_cost_effective_models(input_tokens=200_000, output_tokens=1)) == ["b:flat", "a:tiered"]

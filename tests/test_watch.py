@@ -13,7 +13,6 @@ import json
 import subprocess
 import sys
 import time
-from typing import Any
 
 import pytest
 import redis
@@ -82,10 +81,14 @@ def visibility(redis_url: str, kind: str, how: str) -> float | None:
     """Seconds from the end of a write in this process to its sight in another process."""
     child = subprocess.Popen(
         [sys.executable, "-c", READER, redis_url, kind, "mute" if how == "mute" else "-"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
     )
     try:
-        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout is not None
+        assert child.stdin is not None
         assert child.stdout.readline().strip() == "ready"
         writer = Registry.from_url(redis_url, watch=False)
         if how == "kill":
@@ -126,15 +129,21 @@ def test_the_sync_watcher_follows_changes_in_process(redis_url: str) -> None:
     writer.close()
 
 
-def test_the_watcher_survives_a_dead_server_and_recovers(server: Any) -> None:
-    """Point a watcher at a port nothing listens on: it keeps retrying, and close() still works."""
+def test_the_watcher_survives_a_dead_server(caplog: pytest.LogCaptureFixture) -> None:
+    """Point a watcher at a port nothing listens on: it logs, retries, and close() still works."""
+    from registry.catalog.snapshot import Snapshot
     from registry.embedded import free_port
 
     reg = Registry.from_url(f"redis://127.0.0.1:{free_port()}/0", refresh_interval=0.05)
-    reg._snapshot = __import__("registry.catalog.snapshot", fromlist=["Snapshot"]).Snapshot()
-    reg._start_watcher()
-    time.sleep(0.2)  # let it fail a few times (the behaviour under test is not crashing)
-    assert reg._watcher is not None and reg._watcher.is_alive()
+    reg._snapshot = Snapshot()
+    with caplog.at_level("WARNING", logger="registry"):
+        reg._start_watcher()
+        deadline = time.monotonic() + 10
+        while sum("catalog watcher" in r.message for r in caplog.records) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert sum("catalog watcher" in r.message for r in caplog.records) >= 2  # failed, retried, failed
+    assert reg._watcher is not None
+    assert reg._watcher.is_alive()
     reg.close()
     assert reg._watcher is None
 
@@ -146,5 +155,42 @@ def test_async_watcher_cancels_cleanly(redis_url: str) -> None:
         assert reg._watcher is not None
         await reg.aclose()
         assert reg._watcher is None
+
+    asyncio.run(main())
+
+
+def test_the_async_watcher_follows_notices_and_the_revision_check(redis_url: str) -> None:
+    async def main() -> None:
+        writer = AsyncRegistry.from_url(redis_url, watch=False)
+        heard = AsyncRegistry.from_url(redis_url, refresh_interval=0.05)
+        polled = AsyncRegistry.from_url(redis_url, refresh_interval=0.05)
+        polled._channel = "muted"  # only the revision check can tell it
+        assert await heard.list_models() == []
+        assert await polled.list_models() == []
+        await writer.register_model(model())
+        for reader in (heard, polled):
+            deadline = time.monotonic() + 5
+            while not await reader.list_models() and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+            assert [m.key for m in await reader.list_models()] == ["openai:gpt-4"]
+        for reg in (writer, heard, polled):
+            await reg.aclose()
+
+    asyncio.run(main())
+
+
+def test_the_async_watcher_retries_a_dead_server(caplog: pytest.LogCaptureFixture) -> None:
+    from registry.embedded import free_port
+
+    async def main() -> None:
+        reg = AsyncRegistry.from_url(f"redis://127.0.0.1:{free_port()}/0", refresh_interval=0.05)
+        reg._snapshot = __import__("registry.catalog.snapshot", fromlist=["Snapshot"]).Snapshot()
+        with caplog.at_level("WARNING", logger="registry"):
+            await reg._catalog()  # starts the watcher on the local (empty) copy
+            deadline = time.monotonic() + 10
+            while sum("catalog watcher" in r.message for r in caplog.records) < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        assert sum("catalog watcher" in r.message for r in caplog.records) >= 2
+        await reg.aclose()
 
     asyncio.run(main())

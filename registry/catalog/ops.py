@@ -61,7 +61,9 @@ def coerce_model(value: ModelSpec | Mapping[str, Any], *, where: str = "") -> Mo
     if isinstance(value, ModelSpec):
         return value
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{where + ': ' if where else ''}expected a ModelSpec or a mapping, got {type(value).__name__}")
+        raise ConfigError(
+            f"{where + ': ' if where else ''}expected a ModelSpec or a mapping, got {type(value).__name__}"
+        )
     try:
         return ModelSpec.model_validate(dict(value))
     except ValidationError as exc:

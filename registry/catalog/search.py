@@ -15,7 +15,7 @@ Filter semantics (all given filters must hold):
 * ``exclude_deprecated``: leave out deprecated and retired models.
 * ``currency``: only models priced in this currency.
 
-Ranking (:func:`rank_by_cost`): a model's score is the exact price of a reference request of
+Ranking (``Snapshot.cheapest``): a model's score is the exact price of a reference request of
 ``input_tokens`` input and ``output_tokens`` output tokens, 3 to 1 by default (the usual
 "blended" weighting of input and output prices). Prices per 1, 1,000 or 1,000,000 tokens are
 all brought to the same basis by this, and tier prices apply when the reference prompt passes
@@ -25,20 +25,25 @@ a threshold. Ties go to the larger context window, then to the key.
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING
 
 import semver
 
 from registry.errors import ConfigError
-from registry.models import ModelSpec, Status
-from registry.pricing import estimate
+from registry.models import Status
 from registry.versions import parse_version
 
-__all__ = ["SearchQuery", "rank_by_cost"]
+if TYPE_CHECKING:
+    from registry.catalog.snapshot import Row
+
+__all__ = ["SearchQuery"]
 
 _WILDCARDS = frozenset("*?[")
+_GONE = (Status.DEPRECATED, Status.RETIRED)
 
 
 def _as_set(name: str, value: str | Iterable[str] | None) -> frozenset[str] | None:
@@ -90,6 +95,8 @@ class SearchQuery:
     max_version: semver.Version | None = None
     exclude_deprecated: bool = False
     currency: str | None = None
+    name_regex: re.Pattern[str] | None = None
+    name_literals: tuple[str, ...] = ()
 
     @classmethod
     def build(
@@ -112,11 +119,11 @@ class SearchQuery:
         if statuses is not None:
             unknown = statuses - {s.value for s in Status}
             if unknown:
-                raise ConfigError(
-                    f"status: unknown {sorted(unknown)}, expected {[s.value for s in Status]}"
-                )
+                raise ConfigError(f"status: unknown {sorted(unknown)}, expected {[s.value for s in Status]}")
         if name_pattern is not None and not isinstance(name_pattern, str):
             raise ConfigError(f"name_pattern must be a string, got {name_pattern!r}")
+        pattern = name_pattern.lower() if name_pattern else None
+        regex = re.compile(fnmatch.translate(pattern)) if pattern and not _WILDCARDS.isdisjoint(pattern) else None
         return cls(
             providers=_as_set("provider", provider),
             capabilities=_as_set("capability", capability),
@@ -124,12 +131,15 @@ class SearchQuery:
             statuses=statuses,
             min_context_window=_as_int("min_context_window", min_context_window),
             max_context_window=_as_int("max_context_window", max_context_window),
-            name_pattern=name_pattern.lower() if name_pattern else None,
+            name_pattern=pattern,
             max_cost_per_token=_as_decimal("max_cost_per_token", max_cost_per_token),
             min_version=parse_version(min_version) if min_version is not None else None,
             max_version=parse_version(max_version) if max_version is not None else None,
             exclude_deprecated=bool(exclude_deprecated),
             currency=currency.upper() if currency else None,
+            name_regex=regex,
+            # Every literal run of a glob must appear in a matching name: a cheap test first.
+            name_literals=tuple(p for p in re.split(r"[*?]|\[[^\]]*\]", pattern or "") if p) if regex else (),
         )
 
     def candidates(self, index: Mapping[str, Mapping[str, frozenset[str]]]) -> frozenset[str] | None:
@@ -151,17 +161,18 @@ class SearchQuery:
             meet(index["tag"].get(tag, empty))
         return found
 
-    def matches(self, model: ModelSpec) -> bool:
-        """Whether ``model`` passes every filter (the indexed ones are checked again)."""
+    def matches(self, row: Row) -> bool:
+        """Whether a snapshot row passes every filter (the indexed ones are checked again)."""
+        model = row.model
         if self.providers is not None and model.provider not in self.providers:
             return False
         if self.statuses is not None and model.status.value not in self.statuses:
             return False
-        if self.capabilities is not None and not self.capabilities <= set(model.capabilities):
+        if self.capabilities is not None and not self.capabilities.issubset(model.capabilities):
             return False
-        if self.tags is not None and not self.tags <= set(model.tags):
+        if self.tags is not None and not self.tags.issubset(model.tags):
             return False
-        if self.exclude_deprecated and model.status in (Status.DEPRECATED, Status.RETIRED):
+        if self.exclude_deprecated and model.status in _GONE:
             return False
         if self.currency is not None and model.cost.currency != self.currency:
             return False
@@ -170,31 +181,21 @@ class SearchQuery:
         if self.max_context_window is not None and model.context_window > self.max_context_window:
             return False
         if self.max_cost_per_token is not None:
-            per = model.cost.per
-            limit = self.max_cost_per_token * per  # compare without dividing: exact
+            limit = self.max_cost_per_token * model.cost.per  # compare without dividing: exact
             if model.cost.input > limit or model.cost.output > limit:
                 return False
-        if self.min_version is not None or self.max_version is not None:
-            version = model.semver
-            if self.min_version is not None and version.compare(self.min_version) < 0:
-                return False
-            if self.max_version is not None and version.compare(self.max_version) > 0:
-                return False
-        return self.name_pattern is None or _name_matches(self.name_pattern, model)
-
-
-def _name_matches(pattern: str, model: ModelSpec) -> bool:
-    texts = (model.key.lower(), model.id.lower(), model.name.lower())
-    if _WILDCARDS.isdisjoint(pattern):
-        return any(pattern in text for text in texts)
-    return any(fnmatch.fnmatchcase(text, pattern) for text in texts)
-
-
-def rank_by_cost(
-    models: Iterable[ModelSpec], *, input_tokens: int = 3, output_tokens: int = 1
-) -> list[tuple[ModelSpec, Decimal]]:
-    """Models with the exact price of the reference request, cheapest first."""
-    scored = [(m, estimate(m.cost, input_tokens, output_tokens)) for m in models]
-    scored.sort(key=lambda pair: (pair[1], -pair[0].context_window, pair[0].key))
-    return scored
-
+        if self.min_version is not None and row.version.compare(self.min_version) < 0:
+            return False
+        if self.max_version is not None and row.version.compare(self.max_version) > 0:
+            return False
+        if self.name_pattern is None:
+            return True
+        key, model_id, name = row.names
+        if self.name_regex is not None:
+            for literal in self.name_literals:
+                if literal not in key and literal not in model_id and literal not in name:
+                    return False
+            match = self.name_regex.match
+            return bool(match(key) or match(model_id) or match(name))
+        pattern = self.name_pattern
+        return pattern in key or pattern in model_id or pattern in name

@@ -123,9 +123,7 @@ class SyncPlan:
     def summary(self) -> dict[str, Any]:
         return {
             "added": [m.key for m in self.added],
-            "updated": {
-                m.key: {p: [o, n] for p, o, n in field_changes(e.model, m)} for e, m in self.updated
-            },
+            "updated": {m.key: {p: [o, n] for p, o, n in field_changes(e.model, m)} for e, m in self.updated},
             "retired": [e.model.key for e, _ in self.retired],
             "unchanged": len(self.unchanged),
             "applied": self.applied,

@@ -19,8 +19,9 @@ and ``_get_token_base_cost`` in ``litellm/litellm_core_utils/llm_cost_calc/utils
   without ``k`` is ``N`` tokens). As in LiteLLM a tier exists only where an input price is
   given; a tier without an output or cache price keeps the base one (the cache fallbacks
   are :mod:`registry.pricing`'s rule, which bills a cache price that neither the tier nor
-  the base gives at the tier's input price, so a tier never mixes rates). Tiers are strictly above the threshold except for ``litellm_provider``
-  ``xai``, where LiteLLM compares with ``>=`` (``_INCLUSIVE_THRESHOLD_PROVIDERS``).
+  the base gives at the tier's input price, so a tier never mixes rates). Tiers are
+  strictly above the threshold except for ``litellm_provider`` ``xai``, where LiteLLM
+  compares with ``>=`` (``_INCLUSIVE_THRESHOLD_PROVIDERS``).
 * Entries that bill text in a way :class:`Cost` cannot hold are skipped, never mispriced:
   a ``tiered_pricing`` table (LiteLLM prefers it over the flat prices), a reasoning-token
   price that differs from the output price, a per-request fee (``input_cost_per_request``),
@@ -51,15 +52,14 @@ from typing import Any
 import msgspec
 from pydantic import ValidationError
 
+from registry.errors import ConfigError
 from registry.models import MAX_TOKENS, Cost, ModelSpec, PriceTier, RateLimit, Status, validate_name
 
 __all__ = ["LiteLLMImport", "import_litellm_map", "is_noisy"]
 
 NOT_MODELS = frozenset({"sample_spec", "fallback_generalizations"})
 INCLUSIVE_THRESHOLD_PROVIDERS = frozenset({"xai"})
-_MODE_CAPABILITY = dict(
-    chat="chat", responses="chat", completion="completion", embedding="embeddings"
-)
+_MODE_CAPABILITY = dict(chat="chat", responses="chat", completion="completion", embedding="embeddings")
 _FLAGS = {
     "supports_function_calling": "function_calling",
     "supports_vision": "vision",
@@ -104,8 +104,7 @@ class LiteLLMImport:
             "skipped": sum(len(keys) for keys in self.skipped.values()),
             "noisy_prices": list(self.noisy_prices),
             "skipped_by_reason": {
-                reason: {"count": len(keys), "keys": list(keys)}
-                for reason, keys in sorted(self.skipped.items())
+                reason: {"count": len(keys), "keys": list(keys)} for reason, keys in sorted(self.skipped.items())
             },
         }
 
@@ -123,16 +122,22 @@ class LiteLLMImport:
 
 
 def _decode(source: str | Path | bytes | Mapping[str, Any]) -> Mapping[str, Any]:
-    """A mapping as is; bytes or a str starting with ``{`` as JSON text; else a file path."""
+    """A mapping as is; bytes as JSON text; a str or Path as a file to read."""
+    where = "<bytes>"
     if isinstance(source, Mapping):
         return source
-    if isinstance(source, str) and source.lstrip().startswith("{"):
-        source = source.encode()
-    elif not isinstance(source, bytes):
-        source = Path(source).read_bytes()
-    data = msgspec.json.Decoder(float_hook=Decimal).decode(source)
+    if not isinstance(source, bytes):
+        where = str(source)
+        try:
+            source = Path(source).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = msgspec.json.Decoder(float_hook=Decimal).decode(source)
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{where}: not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise ValueError("a LiteLLM price map is a JSON object")
+        raise ConfigError(f"{where}: a LiteLLM price map is a JSON object")
     return data
 
 
@@ -171,9 +176,7 @@ def _text_reason(key: str, entry: Mapping[str, Any], provider: str, mode: str) -
     """Why an entry's text is billed in a way a :class:`Cost` cannot hold, if it is."""
     if "tiered_pricing" in entry:
         return "priced by tiered_pricing ranges"
-    if "input_cost_per_token" not in entry or (
-        mode != "embedding" and "output_cost_per_token" not in entry
-    ):
+    if "input_cost_per_token" not in entry or (mode != "embedding" and "output_cost_per_token" not in entry):
         if any("per_second" in name for name in entry):
             return "priced per second"
         if any("per_character" in name for name in entry):
@@ -214,9 +217,7 @@ def _cost(entry: Mapping[str, Any], provider: str) -> tuple[Cost, bool]:
         prices.setdefault("output", base["output"])  # cache prices: see registry.pricing
         inclusive = provider in INCLUSIVE_THRESHOLD_PROVIDERS
         tiers.append(PriceTier(threshold=threshold, inclusive=inclusive, **prices))
-    noisy = any(
-        is_noisy(p) for p in [*base.values(), *(p for t in found.values() for p in t.values())]
-    )
+    noisy = any(is_noisy(p) for p in [*base.values(), *(p for t in found.values() for p in t.values())])
     note = f"{_NOTE}: {entry['source']}" if isinstance(entry.get("source"), str) else _NOTE
     return Cost(per=1, currency="USD", note=note[:1000], tiers=tuple(tiers), **base), noisy
 
@@ -235,16 +236,12 @@ def _convert(key: str, entry: Mapping[str, Any], today: date) -> tuple[ModelSpec
         raise _Skip("invalid model id") from None
     if reason := _text_reason(key, entry, provider, mode):
         raise _Skip(reason)
-    window = next(
-        (entry[k] for k in ("max_input_tokens", "max_tokens") if entry.get(k) is not None), None
-    )
+    window = next((entry[k] for k in ("max_input_tokens", "max_tokens") if entry.get(k) is not None), None)
     if window is None:
         raise _Skip("no context window")
     cost, noisy = _cost(entry, provider)
     max_output = _count(entry.get("max_output_tokens"))
-    capabilities = [_MODE_CAPABILITY[mode]] + [
-        cap for f, cap in _FLAGS.items() if entry.get(f) is True
-    ]
+    capabilities = [_MODE_CAPABILITY[mode]] + [cap for f, cap in _FLAGS.items() if entry.get(f) is True]
     metadata: dict[str, Any] = {"mode": mode}
     status = Status.ACTIVE
     for name in ("source", "deprecation_date"):
@@ -262,9 +259,7 @@ def _convert(key: str, entry: Mapping[str, Any], today: date) -> tuple[ModelSpec
         max_output_tokens=max_output if max_output and max_output <= MAX_TOKENS else None,
         capabilities=tuple(capabilities),
         cost=cost,
-        rate_limit=RateLimit(
-            requests_per_minute=_count(entry.get("rpm")), tokens_per_minute=_count(entry.get("tpm"))
-        ),
+        rate_limit=RateLimit(requests_per_minute=_count(entry.get("rpm")), tokens_per_minute=_count(entry.get("tpm"))),
         status=status,
         tags=("litellm",),
         metadata=metadata,
@@ -272,9 +267,7 @@ def _convert(key: str, entry: Mapping[str, Any], today: date) -> tuple[ModelSpec
     return spec, noisy
 
 
-def _alias(
-    key: str, target_key: Any, data: Mapping[str, Any], by_key: Mapping[str, ModelSpec]
-) -> ModelSpec:
+def _alias(key: str, target_key: Any, data: Mapping[str, Any], by_key: Mapping[str, ModelSpec]) -> ModelSpec:
     """The alias ``key`` as a copy of its imported target; or :class:`_Skip`."""
     if not isinstance(target_key, str) or target_key not in data:
         raise _Skip("alias of a missing entry")
@@ -292,9 +285,7 @@ def _alias(
     return ModelSpec.model_validate(fields)
 
 
-def import_litellm_map(
-    source: str | Path | bytes | Mapping[str, Any], *, today: date | None = None
-) -> LiteLLMImport:
+def import_litellm_map(source: str | Path | bytes | Mapping[str, Any], *, today: date | None = None) -> LiteLLMImport:
     """Convert LiteLLM's price map (a path, JSON bytes or text, or a decoded mapping).
 
     ``today`` decides which models are past their ``deprecation_date`` (default: today).

@@ -1,0 +1,211 @@
+"""The argument parser of ``registry``: every command, its options and their checks."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
+
+from registry import __version__
+from registry.cli import catalog, demo, sync, tools
+from registry.models import Status
+
+__all__ = ["build_parser"]
+
+_STATUSES = [s.value for s in Status]
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected a number >= 1, got 0")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _amount(text: str) -> str:
+    """A decimal amount, checked here and passed on as text (never through a float)."""
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"expected a decimal amount, got {text!r}") from None
+    if not value.is_finite() or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite amount >= 0, got {text!r}")
+    return text
+
+
+def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """``--redis-url``, ``--namespace`` and ``--json``, accepted before or after the command.
+
+    On sub-commands their default is SUPPRESS, so an option given before the command is not
+    overwritten by a sub-command's default.
+    """
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    group = parser.add_argument_group("global options")
+    group.add_argument(
+        "--redis-url",
+        metavar="URL",
+        default=default(None),
+        help="Redis to use (default: $REGISTRY_REDIS_URL, else redis://localhost:6379/0; demo starts a private one)",
+    )
+    group.add_argument(
+        "--namespace",
+        metavar="NAME",
+        default=default(None),
+        help="key namespace (default: $REGISTRY_NAMESPACE, else 'registry')",
+    )
+    group.add_argument(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="print JSON documents for scripts (Decimals as strings)",
+    )
+
+
+def _command(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    handler: Callable[..., int] | None,
+    help: str,
+    **kwargs: object,
+) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(name, help=help, description=help, **kwargs)  # type: ignore[arg-type]
+    _global_options(parser, suppress=True)
+    if handler is not None:
+        parser.set_defaults(handler=handler)
+    return parser
+
+
+def _models_commands(models: argparse.ArgumentParser) -> None:
+    sub = models.add_subparsers(dest="models_command", metavar="COMMAND", required=True)
+
+    p = _command(sub, "list", catalog.cmd_list, "list the catalog")
+    p.add_argument("--provider", action="append", metavar="P", help="only this provider (repeatable)")
+    p.add_argument("--status", action="append", choices=_STATUSES, help="only this status (repeatable)")
+
+    p = _command(sub, "show", catalog.cmd_show, "show one model")
+    p.add_argument("key", metavar="KEY", help="provider:id")
+
+    p = _command(sub, "search", catalog.cmd_search, "find models by filters (all must hold)")
+    p.add_argument("--provider", action="append", metavar="P", help="any of these providers")
+    p.add_argument("--capability", action="append", metavar="C", help="has all of these")
+    p.add_argument("--min-context", type=_non_negative_int, metavar="N")
+    p.add_argument("--max-context", type=_non_negative_int, metavar="N")
+    p.add_argument("--name", metavar="PATTERN", help="glob (*, ?, [abc]) or substring of key, id or display name")
+    p.add_argument("--tag", action="append", metavar="T", help="has all of these tags")
+    p.add_argument("--status", action="append", choices=_STATUSES, help="any of these statuses")
+    p.add_argument(
+        "--max-cost-per-token", type=_amount, metavar="X", help="input and output price per single token at most X"
+    )
+    p.add_argument("--min-version", metavar="V")
+    p.add_argument("--max-version", metavar="V")
+    p.add_argument("--exclude-deprecated", action="store_true", help="leave out deprecated and retired models")
+
+    p = _command(
+        sub, "cheapest", catalog.cmd_cheapest, "the cheapest models for a reference request (deprecated ones left out)"
+    )
+    p.add_argument("--capability", action="append", metavar="C", help="required (repeatable)")
+    p.add_argument("--limit", type=_positive_int, default=5, metavar="N", help="default: 5")
+    p.add_argument(
+        "--input-tokens",
+        type=_non_negative_int,
+        default=3,
+        metavar="N",
+        help="reference request's input tokens (default: 3)",
+    )
+    p.add_argument(
+        "--output-tokens",
+        type=_non_negative_int,
+        default=1,
+        metavar="N",
+        help="reference request's output tokens (default: 1)",
+    )
+    p.add_argument("--currency", default="USD", help="only models priced in it (default: USD)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="registry",
+        description="A Redis-backed model catalog for LLM fleets.",
+        epilog="Start with: registry demo",
+    )
+    parser.add_argument("--version", action="version", version=f"registry {__version__}")
+    _global_options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    models = _command(sub, "models", None, "read the catalog: list, show, search, cheapest")
+    _models_commands(models)
+
+    p = _command(sub, "estimate", catalog.cmd_estimate, "the exact cost of one request")
+    p.add_argument("key", metavar="KEY", help="provider:id")
+    p.add_argument(
+        "--input", type=_non_negative_int, required=True, metavar="N", help="prompt tokens, cached ones included"
+    )
+    p.add_argument("--output", type=_non_negative_int, required=True, metavar="N")
+    p.add_argument(
+        "--cached",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="of the prompt tokens, those read from the cache",
+    )
+    p.add_argument(
+        "--cache-write",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="of the prompt tokens, those written to the cache",
+    )
+
+    p = _command(sub, "sync", sync.cmd_sync, "make the catalog match a JSON config file")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--prune", action="store_true", help="retire the models the file no longer lists (never deletes)")
+    p.add_argument("--dry-run", action="store_true", help="show the difference, write nothing")
+    p.add_argument("--watch", action="store_true", help="sync again whenever the file changes")
+    p.add_argument(
+        "--interval",
+        type=_positive_float,
+        default=0.5,
+        metavar="SECONDS",
+        help="how often --watch looks at the file (default: 0.5)",
+    )
+
+    imports = _command(sub, "import", None, "import a third-party catalog")
+    importers = imports.add_subparsers(dest="import_command", metavar="SOURCE", required=True)
+    p = _command(importers, "litellm", tools.cmd_import_litellm, "LiteLLM's model_prices_and_context_window.json")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--dry-run", action="store_true", help="show what would change, write nothing")
+    p.add_argument(
+        "--replace", action="store_true", help="overwrite models already in the catalog (default: keep them)"
+    )
+
+    p = _command(sub, "schema", tools.cmd_schema, "the config file's JSON Schema")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--output", metavar="FILE", help="write it to FILE")
+    group.add_argument("--check", metavar="FILE", help="exit 1 if FILE differs from it")
+
+    p = _command(sub, "demo", demo.cmd_demo, "tour the catalog on a private Redis (or --redis-url)")
+    p.add_argument("--config", metavar="FILE", help="default: the shipped models.json")
+    return parser

@@ -1,0 +1,102 @@
+"""``registry import litellm FILE`` and ``registry schema``: bringing data in, describing it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from registry.cli.context import Context
+from registry.cli.output import render_table
+
+if TYPE_CHECKING:
+    from registry.importers.litellm import LiteLLMImport
+
+__all__ = ["cmd_import_litellm", "cmd_schema", "import_report"]
+
+_EXAMPLES = 2
+
+
+def import_report(result: LiteLLMImport) -> list[str]:
+    """What was imported, then what was left out: a count per reason, with a few examples.
+
+    The full lists (thousands of keys for the real map) are in the ``--json`` document.
+    """
+    lines = [f"imported {len(result.models)} models ({len(result.aliases)} aliases)"]
+    if result.noisy_prices:
+        lines.append(f"{len(result.noisy_prices)} with float noise in a price, imported as written")
+    if result.skipped:
+        ranked = sorted(result.skipped.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+        total = sum(len(keys) for _, keys in ranked)
+        lines.append(f"left out {total} entries (--json lists them all):")
+        rows = [
+            (str(len(keys)), reason, ", ".join(keys[:_EXAMPLES]) + (", ..." if len(keys) > _EXAMPLES else ""))
+            for reason, keys in ranked
+        ]
+        lines += [f"  {row}" for row in render_table(("COUNT", "REASON", "FOR EXAMPLE"), rows, right=(0,))]
+    return lines
+
+
+def cmd_import_litellm(ctx: Context) -> int:
+    """Import LiteLLM's price map; without ``--replace`` models already registered are kept."""
+    from registry.importers.litellm import import_litellm_map
+
+    args = ctx.args
+    path = Path(args.file)
+    result = import_litellm_map(path)  # a bad file raises ConfigError
+    with ctx.registry() as reg:
+        models = result.models
+        kept: list[str] = []
+        if not args.replace:
+            present = {m.key for m in reg.list_models()}
+            kept = [m.key for m in models if m.key in present]
+            models = [m for m in models if m.key not in present]
+        plan = reg.sync_models(models, dry_run=args.dry_run)
+    if ctx.out.json:
+        document: dict[str, Any] = {
+            "file": str(path),
+            "dry_run": args.dry_run,
+            "replace": args.replace,
+            "import": result.summary(),
+            "kept": kept,
+            "sync": {**plan.summary(), "updated": sorted(m.key for _, m in plan.updated)},
+        }
+        ctx.out.document(document)
+        return 0
+    ctx.out.lines(import_report(result))
+    add, update = ("would add", "would update") if args.dry_run else ("added", "updated")
+    line = f"{add} {len(plan.added)}, {update} {len(plan.updated)}, {len(plan.unchanged)} unchanged"
+    if kept:
+        line += f", {len(kept)} already registered and kept (--replace overwrites them)"
+    written = "nothing written" if args.dry_run or not plan.changed else "written"
+    ctx.out.line(f"{line}; {written}, catalog at revision {plan.revision}")
+    return 0
+
+
+def cmd_schema(ctx: Context) -> int:
+    """Print the config file's JSON Schema, write it (``--output``) or compare (``--check``)."""
+    from registry.schema import render_schema
+
+    args = ctx.args
+    text = render_schema()
+    if args.check is not None:
+        path = Path(args.check)
+        try:
+            current = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            ctx.out.error(f"{path}: cannot read: {exc.strerror or exc}")
+            return 1
+        if current != text:
+            ctx.out.error(
+                f"{path} differs from the schema of this version of registry; "
+                f"regenerate it with: registry schema --output {path}"
+            )
+            return 1
+        ctx.out.line(f"{path} is up to date")
+        return 0
+    if args.output is not None:
+        Path(args.output).write_text(text, encoding="utf-8", newline="\n")
+        ctx.out.line(f"wrote {args.output}")
+        return 0
+    ctx.out.stdout.write(text)
+    ctx.out.stdout.flush()
+    return 0
