@@ -226,17 +226,20 @@ def test_report_lists_every_reason_and_key(loaded: tuple[dict[str, Any], LiteLLM
     assert result.skipped["not a model entry"] == ["fallback_generalizations", "sample_spec"]
 
 
-def test_register_whole_import_in_redis(reg: Any, loaded: tuple[dict[str, Any], LiteLLMImport]) -> None:
+def test_register_whole_import_in_redis(
+    reg: Any, make_registry: Any, loaded: tuple[dict[str, Any], LiteLLMImport]
+) -> None:
     raw, result = loaded
     reg.register_models(result.models)
-    assert len(reg.list_models()) == len(result.models)
+    reader = make_registry(watch=True)  # another client, reading its local copy
+    assert len(reader.list_models()) == len(result.models)
     for model in result.models:  # every model, both sides of every threshold
         entry = _priced_entry(raw, model.id)
         for prompt, output, cached, written in _cases(entry)[1::2]:  # with output and cache
-            got = reg.estimate_cost(model.key, prompt, output, cached, written)
+            got = reader.estimate_cost(model.key, prompt, output, cached, written)
             assert got == expected_cost(entry, model.provider, prompt, output, cached, written)
     sample = result.models[0]
-    assert reg.get_model(sample.key) == sample
+    assert reader.get_model(sample.key) == sample
 
 
 # ---------------------------------------------------------------------------- a hand-written map
