@@ -122,18 +122,6 @@ class RegistryBase:
         return [model for model, _ in ranked]
 
 
-def estimate_from(
-    snapshot: Snapshot,
-    model_key: str,
-    input_tokens: int,
-    output_tokens: int,
-    cached_input_tokens: int,
-    cache_write_tokens: int,
-) -> Decimal:
-    return snapshot.estimate_cost(
-        RegistryBase._key(model_key),
-        input_tokens,
-        output_tokens,
-        cached_input_tokens=cached_input_tokens,
-        cache_write_tokens=cache_write_tokens,
-    )
+def estimate_from(snapshot: Snapshot, model_key: str, *tokens: int) -> Decimal:
+    """``estimate_cost`` on a snapshot: the token counts in :func:`registry.pricing.estimate`'s order."""
+    return snapshot.estimate_cost(RegistryBase._key(model_key), *tokens)

@@ -254,10 +254,21 @@ class AsyncRegistry(RegistryBase):
         output_tokens: int,
         cached_input_tokens: int = 0,
         cache_write_tokens: int = 0,
+        reasoning_tokens: int = 0,
     ) -> Decimal:
-        """The exact price of a request, in the model's currency (see :mod:`registry.pricing`)."""
+        """The exact price of a request, in the model's currency (see :mod:`registry.pricing`).
+
+        ``input_tokens`` include the cached and cache-written ones, ``output_tokens`` the
+        reasoning ones.
+        """
         return estimate_from(
-            (await self._catalog()), model_key, input_tokens, output_tokens, cached_input_tokens, cache_write_tokens
+            (await self._catalog()),
+            model_key,
+            input_tokens,
+            output_tokens,
+            cached_input_tokens,
+            cache_write_tokens,
+            reasoning_tokens,
         )
 
     async def ping(self) -> bool:

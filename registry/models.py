@@ -165,6 +165,7 @@ class PriceTier(_Strict):
     output: Price
     cached_input: Price | None = None
     cache_write: Price | None = None
+    reasoning_output: Price | None = None
 
     def applies_to(self, prompt_tokens: int) -> bool:
         """Whether a prompt of ``prompt_tokens`` input tokens is billed at this tier."""
@@ -179,6 +180,9 @@ class Cost(_Strict):
     ``input`` is the price of prompt tokens that are neither cache reads nor cache writes,
     ``cached_input`` of prompt tokens read from the provider's prompt cache, ``cache_write`` of
     prompt tokens written to it; either of the last two left out is billed as ``input``.
+    ``reasoning_output`` prices the reasoning part of the output tokens where a provider bills
+    it apart (else ``output``), and ``per_request`` is a flat fee per request (in
+    ``currency``, not divided by ``per``).
     """
 
     input: Price
@@ -190,6 +194,8 @@ class Cost(_Strict):
     note: str | None = Field(default=None, max_length=1000)
     cached_input: Price | None = None
     cache_write: Price | None = None
+    reasoning_output: Price | None = None
+    per_request: Price | None = None
     tiers: tuple[PriceTier, ...] = ()
 
     @field_validator("tiers")
@@ -203,8 +209,16 @@ class Cost(_Strict):
 
     @property
     def is_free(self) -> bool:
-        prices = [self.input, self.output, self.cached_input or 0, self.cache_write or 0]
-        prices += [p for t in self.tiers for p in (t.input, t.output)]
+        prices: list[Decimal | None] = [
+            self.input,
+            self.output,
+            self.cached_input,
+            self.cache_write,
+            self.reasoning_output,
+            self.per_request,
+        ]
+        for tier in self.tiers:
+            prices += [tier.input, tier.output, tier.cached_input, tier.cache_write, tier.reasoning_output]
         return not any(prices)
 
 
@@ -225,7 +239,10 @@ class ModelSpec(_Strict):
     name: str = Field(default="", max_length=200, description="Display name; defaults to the id.")
     version: Annotated[str, AfterValidator(_semver)] = "1.0.0"
     capabilities: tuple[CapabilityName, ...] = ()
-    context_window: TokenCount
+    context_window: TokenCount | None = Field(
+        description="Prompt tokens the model takes; null where the provider does not publish it "
+        "(the field must still be given)."
+    )
     max_output_tokens: TokenCount | None = None
     cost: Cost
     rate_limit: RateLimit = RateLimit()

@@ -10,8 +10,12 @@ Billing rule (the one LiteLLM's price map encodes):
   several tiers the highest one passed wins. A tier's missing cached-input or cache-write price
   falls back to the base price of the same kind, and with neither, cache tokens bill at the
   tier's input price.
-* The total is divided by ``per``. Every step is exact decimal arithmetic: a result that could
-  not be represented exactly raises instead of rounding.
+* ``output_tokens`` counts every output token, reasoning ones included (OpenAI's
+  ``completion_tokens``); of those, ``reasoning_tokens`` are billed at ``reasoning_output``
+  where the model has that price.
+* The total is divided by ``per``; a ``per_request`` fee is added once, undivided.
+* Every step is exact decimal arithmetic: a result that could not be represented exactly
+  raises instead of rounding.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class Rates:
     output: Decimal
     cached_input: Decimal
     cache_write: Decimal
+    reasoning_output: Decimal
     per: int
 
 
@@ -57,17 +62,20 @@ def rates_for(cost: Cost, prompt_tokens: int) -> Rates:
             output=cost.output,
             cached_input=cost.input if cost.cached_input is None else cost.cached_input,
             cache_write=cost.input if cost.cache_write is None else cost.cache_write,
+            reasoning_output=cost.output if cost.reasoning_output is None else cost.reasoning_output,
             per=cost.per,
         )
     # A tier's missing cache price is the base one; with none at all, cache tokens bill as
     # input, and inside a tier "input" is the tier's input price.
     cached = tier.cached_input if tier.cached_input is not None else cost.cached_input
     write = tier.cache_write if tier.cache_write is not None else cost.cache_write
+    reasoning = tier.reasoning_output if tier.reasoning_output is not None else cost.reasoning_output
     return Rates(
         input=tier.input,
         output=tier.output,
         cached_input=tier.input if cached is None else cached,
         cache_write=tier.input if write is None else write,
+        reasoning_output=tier.output if reasoning is None else reasoning,
         per=cost.per,
     )
 
@@ -86,6 +94,7 @@ def estimate(
     output_tokens: int,
     cached_input_tokens: int = 0,
     cache_write_tokens: int = 0,
+    reasoning_tokens: int = 0,
 ) -> Decimal:
     """The exact price of one request, in ``cost.currency``."""
     input_tokens = _tokens("input_tokens", input_tokens)
@@ -98,7 +107,13 @@ def estimate(
             f"({cached_input_tokens} + {cache_write_tokens}) exceed input_tokens ({input_tokens}):"
             " input_tokens counts every prompt token, cached ones included"
         )
-    return price(cost, input_tokens, output_tokens, cached_input_tokens, cache_write_tokens)
+    reasoning_tokens = _tokens("reasoning_tokens", reasoning_tokens)
+    if reasoning_tokens > output_tokens:
+        raise ConfigError(
+            f"reasoning_tokens ({reasoning_tokens}) exceed output_tokens ({output_tokens}):"
+            " output_tokens counts every output token, reasoning ones included"
+        )
+    return price(cost, input_tokens, output_tokens, cached_input_tokens, cache_write_tokens, reasoning_tokens)
 
 
 def check_tokens(name: str, value: int) -> int:
@@ -107,7 +122,12 @@ def check_tokens(name: str, value: int) -> int:
 
 
 def price(
-    cost: Cost, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0, cache_write_tokens: int = 0
+    cost: Cost,
+    input_tokens: int,
+    output_tokens: int,
+    cached_input_tokens: int = 0,
+    cache_write_tokens: int = 0,
+    reasoning_tokens: int = 0,
 ) -> Decimal:
     """:func:`estimate` without checking its arguments (for callers that checked them once)."""
     rates = rates_for(cost, input_tokens)
@@ -118,5 +138,10 @@ def price(
         total = c.add(total, c.multiply(Decimal(cached_input_tokens), rates.cached_input))
     if cache_write_tokens:
         total = c.add(total, c.multiply(Decimal(cache_write_tokens), rates.cache_write))
-    total = c.add(total, c.multiply(Decimal(output_tokens), rates.output))
-    return c.divide(total, Decimal(rates.per))
+    total = c.add(total, c.multiply(Decimal(output_tokens - reasoning_tokens), rates.output))
+    if reasoning_tokens:
+        total = c.add(total, c.multiply(Decimal(reasoning_tokens), rates.reasoning_output))
+    total = c.divide(total, Decimal(rates.per))
+    if cost.per_request:
+        total = c.add(total, cost.per_request)
+    return total

@@ -183,6 +183,8 @@ def test_show(run: Any, loaded: Path) -> None:
         "note": None,
         "cached_input": "1.25",
         "cache_write": None,
+        "reasoning_output": None,
+        "per_request": None,
         "tiers": [],
     }
     assert document["version"] == "1.2.0"
@@ -286,6 +288,7 @@ def test_estimate(run: Any, loaded: Path) -> None:
         "output_tokens": 100,
         "cached_input_tokens": 8000,
         "cache_write_tokens": 0,
+        "reasoning_tokens": 0,
     }
     # no cache-write price: billed as input. (1000 * 2.50 + 500 * 2.50 + 0) / 10^6
     code, out, _ = run(

@@ -160,3 +160,11 @@ def test_merge_changes_merges_nested_fields_and_keeps_the_key() -> None:
 def test_coerce_refuses_non_mappings() -> None:
     with pytest.raises(ConfigError, match="expected a ModelSpec or a mapping"):
         coerce_model(42)  # type: ignore[arg-type]
+
+
+def test_the_context_window_must_be_given_but_may_be_unknown() -> None:
+    data = model()
+    del data["context_window"]
+    with pytest.raises(ConfigError, match="context_window: Field required"):
+        coerce_model(data)
+    assert coerce_model(model(context_window=None)).context_window is None

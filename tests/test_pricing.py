@@ -145,3 +145,37 @@ def test_inside_a_tier_cache_tokens_without_any_cache_price_bill_at_the_tier_inp
     c = cost(input="1", output="1", tiers=[{"threshold": 100, "input": "3", "output": "3"}])
     # 200 prompt tokens, 50 cached, 50 written, no cache prices anywhere: all 200 x 3 = 600 per M
     assert estimate(c, 200, 0, cached_input_tokens=50, cache_write_tokens=50) == D("0.0006")
+
+
+def test_reasoning_tokens_are_part_of_output_and_bill_at_their_own_price() -> None:
+    c = cost(input="1", output="2", reasoning_output="8")
+    # 1,000 x 1 + (500 - 300) x 2 + 300 x 8 = 1,000 + 400 + 2,400 = 3,800 per M
+    assert estimate(c, 1000, 500, reasoning_tokens=300) == D("0.0038")
+    # without a reasoning price, reasoning tokens are output tokens: 1,000 + 500 x 2 = 2,000 per M
+    assert estimate(cost(input="1", output="2"), 1000, 500, reasoning_tokens=300) == D("0.002")
+    with pytest.raises(ConfigError, match="exceed output_tokens"):
+        estimate(c, 10, 5, reasoning_tokens=6)
+
+
+def test_reasoning_price_inside_a_tier() -> None:
+    c = cost(
+        input="1",
+        output="2",
+        reasoning_output="8",
+        tiers=[
+            {"threshold": 100, "input": "2", "output": "4", "reasoning_output": "16"},
+            {"threshold": 1000, "input": "3", "output": "6"},
+        ],
+    )
+    # tier 100: 200 x 2 + 10 x 4 + 10 x 16 = 400 + 40 + 160 = 600 per M
+    assert estimate(c, 200, 20, reasoning_tokens=10) == D("0.0006")
+    # tier 1000 has no reasoning price: the base one (8): 2,000 x 3 + 10 x 6 + 10 x 8 = 6,140 per M
+    assert estimate(c, 2000, 20, reasoning_tokens=10) == D("0.00614")
+
+
+def test_a_per_request_fee_is_added_once_undivided() -> None:
+    c = cost(input="0", output="2.8", per=1_000_000, per_request="0.005")
+    # 0.005 + 1,000 x 2.8 / 10^6 = 0.005 + 0.0028
+    assert estimate(c, 500, 1000) == D("0.0078")
+    assert not c.is_free
+    assert estimate(cost(input="0", output="0", per_request="0"), 1, 1) == 0

@@ -309,3 +309,13 @@ def test_compare_versions(reg: Any, a: str, b: str, expected: int) -> None:
 def test_compare_versions_refuses_non_semver(reg: Any) -> None:
     with pytest.raises(ConfigError, match="not a semantic version"):
         reg.compare_versions("1.0", "1.0.0")
+
+
+def test_an_unknown_context_window(reg: Any) -> None:
+    reg.register_models([model("x", "unknown", context_window=None), model("x", "known", context_window=10)])
+    assert reg.get_model("x:unknown").context_window is None
+    assert keys(reg.search_models(provider="x")) == ["x:known", "x:unknown"]
+    assert keys(reg.search_models(provider="x", min_context_window=1)) == ["x:known"]
+    assert keys(reg.search_models(provider="x", max_context_window=10**9)) == ["x:known"]
+    # same price: the known (larger) window ranks first
+    assert keys(reg.most_cost_effective_models(provider="x")) == ["x:known", "x:unknown"]

@@ -63,9 +63,8 @@ def decode_entry(raw: Mapping[Any, Any]) -> CatalogEntry:
     fields = {_text(k): _text(v) for k, v in raw.items()}
     try:
         data: dict[str, Any] = {name: fields[name] for name in _SCALARS if name in fields}
-        for name in _INTS:
-            if name in fields:
-                data[name] = int(fields[name])
+        for name in _INTS:  # absent: unknown (None)
+            data[name] = int(fields[name]) if name in fields else None
         for name in _JSON:
             if name in fields:
                 data[name] = _decoder.decode(fields[name])

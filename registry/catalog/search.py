@@ -4,7 +4,8 @@ Filter semantics (all given filters must hold):
 
 * ``provider``, ``status``: one value or several; a model matches any of them.
 * ``capability``, ``tags``: one value or several; a model must have all of them.
-* ``min_context_window`` / ``max_context_window``: inclusive bounds on the context window.
+* ``min_context_window`` / ``max_context_window``: inclusive bounds on the context window
+  (a model whose context window is unknown matches neither).
 * ``name_pattern``: case-insensitive shell-style glob (``*``, ``?``, ``[abc]``) matched
   against the key, the id and the display name; a pattern without wildcards matches as a
   substring (``gpt-4`` finds ``openai:gpt-4-turbo``).
@@ -19,7 +20,7 @@ Ranking (``Snapshot.cheapest``): a model's score is the exact price of a referen
 ``input_tokens`` input and ``output_tokens`` output tokens, 3 to 1 by default (the usual
 "blended" weighting of input and output prices). Prices per 1, 1,000 or 1,000,000 tokens are
 all brought to the same basis by this, and tier prices apply when the reference prompt passes
-a threshold. Ties go to the larger context window, then to the key.
+a threshold. Ties go to the larger context window (unknown counts as 0), then to the key.
 """
 
 from __future__ import annotations
@@ -176,10 +177,14 @@ class SearchQuery:
             return False
         if self.currency is not None and model.cost.currency != self.currency:
             return False
-        if self.min_context_window is not None and model.context_window < self.min_context_window:
-            return False
-        if self.max_context_window is not None and model.context_window > self.max_context_window:
-            return False
+        if self.min_context_window is not None or self.max_context_window is not None:
+            window = model.context_window
+            if window is None:  # unknown: matches no bound
+                return False
+            if self.min_context_window is not None and window < self.min_context_window:
+                return False
+            if self.max_context_window is not None and window > self.max_context_window:
+                return False
         if self.max_cost_per_token is not None:
             limit = self.max_cost_per_token * model.cost.per  # compare without dividing: exact
             if model.cost.input > limit or model.cost.output > limit:

@@ -143,7 +143,9 @@ class Snapshot:
         mix = (check_tokens("input_tokens", input_tokens), check_tokens("output_tokens", output_tokens))
         ranked = self._ranked.get(mix)
         if ranked is None:
-            scored = [(price(row.model.cost, *mix), -row.model.context_window, key) for key, row in self.rows.items()]
+            scored = [
+                (price(row.model.cost, *mix), -(row.model.context_window or 0), key) for key, row in self.rows.items()
+            ]
             scored.sort()
             ranked = self._ranked[mix] = [(cost, key) for cost, _, key in scored]
         out: list[tuple[ModelSpec, Decimal]] = []

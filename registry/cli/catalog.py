@@ -76,7 +76,7 @@ def cheapest_lines(
     if not ranked:
         return [head, "(no models match)"]
     rows = [
-        (str(i), m.key, cost_text(cost), m.cost.currency, f"{m.context_window:,}")
+        (str(i), m.key, cost_text(cost), m.cost.currency, "-" if m.context_window is None else f"{m.context_window:,}")
         for i, (m, cost) in enumerate(ranked, 1)
     ]
     return [head, *render_table(("#", "KEY", "COST", "CUR", "CONTEXT"), rows, right=(0, 2, 4))]
@@ -115,7 +115,13 @@ def cmd_cheapest(ctx: Context) -> int:
 
 
 def estimate_document(
-    model: ModelSpec, cost: Decimal, input_tokens: int, output_tokens: int, cached: int = 0, cache_write: int = 0
+    model: ModelSpec,
+    cost: Decimal,
+    input_tokens: int,
+    output_tokens: int,
+    cached: int = 0,
+    cache_write: int = 0,
+    reasoning: int = 0,
 ) -> dict[str, Any]:
     return {
         "model": model.key,
@@ -125,20 +131,26 @@ def estimate_document(
         "output_tokens": output_tokens,
         "cached_input_tokens": cached,
         "cache_write_tokens": cache_write,
+        "reasoning_tokens": reasoning,
     }
 
 
 def estimate_line(
-    model: ModelSpec, cost: Decimal, input_tokens: int, output_tokens: int, cached: int = 0, cache_write: int = 0
+    model: ModelSpec,
+    cost: Decimal,
+    input_tokens: int,
+    output_tokens: int,
+    cached: int = 0,
+    cache_write: int = 0,
+    reasoning: int = 0,
 ) -> str:
     parts = [f"{input_tokens:,} input"]
     if cached:
         parts.append(f"{cached:,} of them cached")
     if cache_write:
         parts.append(f"{cache_write:,} written to the cache")
-    return (
-        f"{cost_text(cost)} {model.cost.currency}  ({model.key}: {', '.join(parts)}, {output_tokens:,} output tokens)"
-    )
+    output = f"{output_tokens:,} output tokens" + (f" ({reasoning:,} of them reasoning)" if reasoning else "")
+    return f"{cost_text(cost)} {model.cost.currency}  ({model.key}: {', '.join(parts)}, {output})"
 
 
 def cmd_estimate(ctx: Context) -> int:
@@ -147,9 +159,10 @@ def cmd_estimate(ctx: Context) -> int:
     with ctx.registry() as reg:
         # One read gives both the price and its currency (estimate_cost returns a bare amount).
         model = reg.get_model(args.key)
-    cost = estimate(model.cost, args.input, args.output, args.cached, args.cache_write)
+    counts = (args.input, args.output, args.cached, args.cache_write, args.reasoning)
+    cost = estimate(model.cost, *counts)
     if ctx.out.json:
-        ctx.out.document(estimate_document(model, cost, args.input, args.output, args.cached, args.cache_write))
+        ctx.out.document(estimate_document(model, cost, *counts))
     else:
-        ctx.out.line(estimate_line(model, cost, args.input, args.output, args.cached, args.cache_write))
+        ctx.out.line(estimate_line(model, cost, *counts))
     return 0

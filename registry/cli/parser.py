@@ -178,6 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="of the prompt tokens, those written to the cache",
     )
+    p.add_argument(
+        "--reasoning",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="of the output tokens, those spent on reasoning",
+    )
 
     p = _command(sub, "sync", sync.cmd_sync, "make the catalog match a JSON config file")
     p.add_argument("file", metavar="FILE")
