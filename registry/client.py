@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -59,6 +60,7 @@ class Registry(RegistryBase):
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._watcher_pid = 0
 
     @classmethod
     def from_url(
@@ -100,7 +102,7 @@ class Registry(RegistryBase):
             self.refresh()
             snapshot = self._snapshot
             assert snapshot is not None
-        if self.watch and self._watcher is None:
+        if self.watch and (self._watcher is None or self._watcher_pid != os.getpid()):
             self._start_watcher()
         return snapshot
 
@@ -113,8 +115,14 @@ class Registry(RegistryBase):
     # -- the watcher ----------------------------------------------------------------------------
 
     def _start_watcher(self) -> None:
+        if self._watcher is not None and self._watcher_pid != os.getpid():
+            # A forked child (gunicorn, multiprocessing): the parent's thread did not come
+            # along, and its lock may have been held at the fork. Start afresh.
+            self._lock = threading.Lock()
+            self._watcher = None
         with self._lock:
             if self._watcher is None and not self._stop.is_set():
+                self._watcher_pid = os.getpid()
                 self._watcher = threading.Thread(
                     target=self._watch_loop, name=f"registry-watch-{self.namespace}", daemon=True
                 )

@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 import redis
@@ -194,3 +195,44 @@ def test_the_async_watcher_retries_a_dead_server(caplog: pytest.LogCaptureFixtur
         await reg.aclose()
 
     asyncio.run(main())
+
+
+def _forked_reader(url: str, ready: Any, go: Any, results: Any) -> None:
+    reg = _inherited  # made in the parent, watcher started there
+    ready.set()
+    go.wait(10)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if [m.key for m in reg.list_models()] == ["openai:gpt-4"]:
+            results.put("seen")
+            return
+        time.sleep(0.005)
+    results.put("never")
+
+
+_inherited: Any = None
+
+
+@pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork:DeprecationWarning")
+def test_a_forked_child_restarts_the_watcher(redis_url: str) -> None:
+    """Prefork servers build the client in the parent: the child must follow changes too."""
+    import multiprocessing as mp
+
+    global _inherited
+    ctx = mp.get_context("fork")
+    _inherited = Registry.from_url(redis_url, refresh_interval=0.1)
+    assert _inherited.list_models() == []  # watcher thread running in the parent
+    ready, go, results = ctx.Event(), ctx.Event(), ctx.Queue()
+    child = ctx.Process(target=_forked_reader, args=(redis_url, ready, go, results))
+    child.start()
+    assert ready.wait(10)
+    writer = Registry.from_url(redis_url, watch=False)
+    writer.register_model(model())
+    go.set()
+    assert results.get(timeout=10) == "seen"
+    child.join(10)
+    results.close()
+    results.join_thread()
+    writer.close()
+    _inherited.close()
+    _inherited = None
