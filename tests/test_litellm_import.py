@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import decimal
 import functools
+import itertools
 import json
 import re
 from datetime import date
@@ -34,15 +35,15 @@ TIER = re.compile(
     r"(input_cost_per_token|output_cost_per_token|cache_read_input_token_cost"
     r"|cache_creation_input_token_cost)_above_(\d+)(k?)_tokens"
 )
-# Chat entries with per-token prices that are left out on purpose, each for a documented reason.
-DOCUMENTED_EXCLUSIONS = {
-    "no context window",
-    "invalid context_window",
-    "priced by tiered_pricing ranges",
-    "priced per request",
-    "reasoning tokens priced apart from output",
+# Reasons an entry may still be left out for: its mode, or pricing a Cost cannot hold.
+UNREPRESENTABLE = {
+    "no per-token input/output price",
+    "priced per second",
     "priced per character",
     "Google above-128k prices (billed by LiteLLM's own rule)",
+    "tiered_pricing is not a list of token ranges",
+    "tiered_pricing ranges not contiguous from 0",
+    "tiered_pricing range without an input price",
 }
 
 
@@ -72,34 +73,91 @@ def _thresholds(entry: dict[str, Any]) -> dict[int, dict[str, Decimal]]:
     return {t: prices for t, prices in tiers.items() if "input" in prices}
 
 
-def expected_cost(entry: dict[str, Any], provider: str, prompt: int, output: int, cached: int, written: int) -> Decimal:
-    """LiteLLM's rule from the raw text: the highest tier passed (from exactly the threshold
-    for xai, strictly above it elsewhere) bills the whole request; a price a tier leaves out
-    is the base one; a cache price given nowhere is the applicable input price."""
+def _litellm_range(entry: dict[str, Any], prompt: int) -> dict[str, Any] | None:
+    """LiteLLM's ``select_tier_for_input``: sorted by start, the first range with
+    ``start < prompt <= end``, else the last one; no range at all for an empty prompt."""
+    if prompt <= 0:
+        return None
+    ranges = sorted(entry["tiered_pricing"], key=lambda r: r["range"][0])
+    matching = [r for r in ranges if r["range"][0] < prompt <= r["range"][1]]
+    return matching[0] if matching else ranges[-1]
+
+
+def _rates(entry: dict[str, Any], provider: str, prompt: int) -> dict[str, Decimal]:
+    """The five rates LiteLLM bills a request of ``prompt`` input tokens at, from the raw text."""
+    flat_output = Decimal(entry.get("output_cost_per_token") or 0)
+    flat_reasoning = entry.get("output_cost_per_reasoning_token")
+    tier = _litellm_range(entry, prompt) if "tiered_pricing" in entry else None
+    if tier is not None:  # _get_tiered_base_costs and _get_tiered_reasoning_rate
+
+        def rate(key: str, fallback: str | None = None) -> Decimal:  # tier_rate: ``a or b``
+            return Decimal(tier.get(key) or (tier.get(fallback) if fallback else 0) or 0)
+
+        output = rate("output_cost_per_token") if "output_cost_per_token" in tier else flat_output
+        if "output_cost_per_reasoning_token" in tier or "output_cost_per_token" in tier:
+            reasoning = rate("output_cost_per_reasoning_token", "output_cost_per_token")
+        else:
+            reasoning = output if flat_reasoning is None else Decimal(flat_reasoning)
+        return {
+            "input": rate("input_cost_per_token"),
+            "cached": rate("cache_read_input_token_cost", "input_cost_per_token"),
+            "write": rate("cache_creation_input_token_cost", "input_cost_per_token"),
+            "output": output,
+            "reasoning": reasoning,
+        }
     base = {kind: Decimal(entry[name]) for name, kind in PRICE_NAMES.items() if name in entry}
     tiers = _thresholds(entry)
     passed = [t for t in tiers if prompt > t or (provider == "xai" and prompt == t)]
     rates = {**base, **tiers[max(passed)]} if passed else base
-    price_in = rates["input"]
+    price_in, output = rates["input"], rates.get("output", Decimal(0))
+    return {  # the flat reasoning price bills above a threshold too (_resolve_reasoning_token_cost)
+        "input": price_in,
+        "cached": rates.get("cached", price_in),
+        "write": rates.get("write", price_in),
+        "output": output,
+        "reasoning": output if flat_reasoning is None else Decimal(flat_reasoning),
+    }
+
+
+def expected_cost(
+    entry: dict[str, Any], provider: str, prompt: int, output: int, cached: int, written: int, reasoning: int = 0
+) -> Decimal:
+    """LiteLLM's rule from the raw text: a ``tiered_pricing`` range, else the highest tier
+    passed (from exactly the threshold for xai, strictly above it elsewhere), bills the whole
+    request; reasoning tokens bill at the reasoning rate; a per-request fee is added once."""
+    rates = _rates(entry, provider, prompt)
+    fee = Decimal(entry.get("input_cost_per_request") or 0)
     with decimal.localcontext(decimal.Context(prec=1000, traps=[decimal.Inexact])):
         return (
-            (prompt - cached - written) * price_in
-            + cached * rates.get("cached", price_in)
-            + written * rates.get("write", price_in)
-            + output * rates.get("output", Decimal(0))
+            (prompt - cached - written) * rates["input"]
+            + cached * rates["cached"]
+            + written * rates["write"]
+            + (output - reasoning) * rates["output"]
+            + reasoning * rates["reasoning"]
+            + fee
         )
+
+
+def _range_bounds(entry: dict[str, Any]) -> list[int]:
+    return sorted({int(b) for r in entry.get("tiered_pricing", ()) for b in r["range"]} - {0})
 
 
 def _prompts(entry: dict[str, Any]) -> list[int]:
     prompts = {1, 1000}
-    for threshold in _thresholds(entry):
-        prompts |= {threshold - 1, threshold, threshold + 1}
-    return sorted(prompts)
+    for boundary in [*_thresholds(entry), *_range_bounds(entry)]:
+        prompts |= {boundary - 1, boundary, boundary + 1}
+    return sorted(p for p in prompts if p > 0)
 
 
-def _cases(entry: dict[str, Any]) -> list[tuple[int, int, int, int]]:
+Case = tuple[int, int, int, int, int]
+
+
+def _cases(entry: dict[str, Any]) -> list[Case]:
+    """(prompt, output, cached, written, reasoning): bare, then with every kind of token."""
     return [
-        case for prompt in _prompts(entry) for case in ((prompt, 0, 0, 0), (prompt, 1234, prompt // 2, prompt // 4))
+        case
+        for prompt in _prompts(entry)
+        for case in ((prompt, 0, 0, 0, 0), (prompt, 1234, prompt // 2, prompt // 4, 567))
     ]
 
 
@@ -120,9 +178,7 @@ def test_every_key_accounted_for_exactly_once(loaded: tuple[dict[str, Any], Lite
     assert json.loads(json.dumps(summary)) == summary
 
 
-def test_every_priced_chat_entry_is_imported_unless_documented(
-    loaded: tuple[dict[str, Any], LiteLLMImport],
-) -> None:
+def test_every_priced_chat_entry_is_imported(loaded: tuple[dict[str, Any], LiteLLMImport]) -> None:
     raw, result = loaded
     reason_of = {key: reason for reason, keys in result.skipped.items() for key in keys}
     by_id = {m.id: m for m in result.models}
@@ -130,46 +186,90 @@ def test_every_priced_chat_entry_is_imported_unless_documented(
         key
         for key, entry in raw.items()
         if isinstance(entry, dict)
-        and entry.get("mode") == "chat"
-        and "input_cost_per_token" in entry
-        and "output_cost_per_token" in entry
+        and entry.get("mode") in ("chat", "responses")
+        and (("input_cost_per_token" in entry and "output_cost_per_token" in entry) or "tiered_pricing" in entry)
     ]
-    excluded = {key: reason_of[key] for key in priced_chat if key not in by_id}
-    assert set(excluded.values()) <= DOCUMENTED_EXCLUSIONS
-    for key, reason in excluded.items():  # each exclusion is what its reason says
+    assert {key: reason_of[key] for key in priced_chat if key not in by_id} == {}
+    assert all("chat" in by_id[k].capabilities for k in priced_chat)
+    assert len(priced_chat) > 3400
+    # what is still left out is left out by mode, or for pricing a Cost cannot hold
+    for key, reason in reason_of.items():
         entry = raw[key]
-        if reason == "no context window":
-            assert entry.get("max_input_tokens") is None
-            assert entry.get("max_tokens") is None
-        elif reason == "priced by tiered_pricing ranges":
-            assert "tiered_pricing" in entry
-        elif reason == "priced per request":
-            assert "input_cost_per_request" in entry
-        elif reason == "reasoning tokens priced apart from output":
-            assert entry["output_cost_per_reasoning_token"] != entry["output_cost_per_token"]
-    imported_chat = [k for k in priced_chat if k in by_id]
-    assert all("chat" in by_id[k].capabilities for k in imported_chat)
-    assert len(imported_chat) + len(excluded) == len(priced_chat)
-    assert len(imported_chat) > 3000
+        if reason.startswith("mode "):
+            assert entry["mode"] == reason.removeprefix("mode ")
+            assert entry["mode"] not in ("chat", "responses", "completion", "embedding")
+        elif reason == "no mode":
+            assert "mode" not in entry
+        elif reason == "not a model entry":
+            assert key in ("sample_spec", "fallback_generalizations")
+        else:
+            assert reason in UNREPRESENTABLE, (key, reason)
+            assert entry["mode"] in ("chat", "responses", "completion", "embedding")
+            priced = "input_cost_per_token" in entry and (
+                entry["mode"] == "embedding" or "output_cost_per_token" in entry
+            )
+            if reason == "no per-token input/output price":
+                assert not priced
+                assert "tiered_pricing" not in entry
+            elif reason == "priced per second":
+                assert not priced
+                assert any("per_second" in name for name in entry)
+            elif reason == "priced per character":
+                assert any("per_character" in name for name in entry)
+            elif reason.startswith("tiered_pricing"):
+                assert "tiered_pricing" in entry
     # aliases: every alias of an imported entry is imported, and nothing else is
     alias_keys = {k for k, e in raw.items() if isinstance(e, dict) and "alias_of" in e}
     assert result.aliases == {k: raw[k]["alias_of"] for k in alias_keys if raw[k]["alias_of"] in by_id}
     assert len(result.aliases) == 98
 
 
+def test_new_kinds_of_price_are_imported(loaded: tuple[dict[str, Any], LiteLLMImport]) -> None:
+    """Unknown windows, reasoning prices, per-request fees and range tables: all there."""
+    raw, result = loaded
+    by_id = {m.id: m for m in result.models}
+    seen = {"window": 0, "reasoning": 0, "fee": 0, "ranges": 0}
+    for key, model in by_id.items():
+        entry = _priced_entry(raw, key)
+        if not entry.get("max_input_tokens"):
+            assert model.context_window is None
+            seen["window"] += 1
+        else:
+            assert model.context_window == entry["max_input_tokens"]
+        if "max_output_tokens" in entry and 0 < entry["max_output_tokens"] <= 10**9:
+            assert model.max_output_tokens == entry["max_output_tokens"]
+        if "tiered_pricing" in entry:
+            starts = [int(r["range"][0]) for r in entry["tiered_pricing"]]
+            assert [t.threshold for t in model.cost.tiers] == starts[1:]
+            assert not any(t.inclusive for t in model.cost.tiers)
+            assert model.cost.input == Decimal(entry["tiered_pricing"][0]["input_cost_per_token"])
+            seen["ranges"] += key not in result.aliases
+        elif "output_cost_per_reasoning_token" in entry:
+            assert model.cost.reasoning_output == Decimal(entry["output_cost_per_reasoning_token"])
+            seen["reasoning"] += 1
+        if "input_cost_per_request" in entry:
+            assert model.cost.per_request == Decimal(entry["input_cost_per_request"])
+            seen["fee"] += 1
+        else:
+            assert model.cost.per_request is None
+    assert seen["window"] >= 110 + 4
+    assert seen["reasoning"] >= 16
+    assert seen["fee"] == 4
+    assert seen["ranges"] == 54  # every chat and responses entry with a range table
+
+
 def test_estimates_match_the_raw_text_for_every_model(
     loaded: tuple[dict[str, Any], LiteLLMImport],
 ) -> None:
     raw, result = loaded
-    proved = {"xai": 0, "others": 0}
+    proved = {"xai": 0, "others": 0, "ranges": 0}
     for model in result.models:
         entry = _priced_entry(raw, model.id)
         assert model.cost.per == 1
         assert model.cost.currency == "USD"
-        for prompt, output, cached, written in _cases(entry):
-            want = expected_cost(entry, model.provider, prompt, output, cached, written)
-            got = estimate(model.cost, prompt, output, cached, written)
-            assert got == want, (model.key, prompt, output, cached, written)
+        for case in _cases(entry):
+            want = expected_cost(entry, model.provider, *case)
+            assert estimate(model.cost, *case) == want, (model.key, case)
         tiers = _thresholds(entry)
         for threshold, prices in tiers.items():
             # a tier whose input price differs from what bills just below it shows the rule
@@ -184,8 +284,18 @@ def test_estimates_match_the_raw_text_for_every_model(
             else:
                 assert at == threshold * below, model.key
                 proved["others"] += 1
+        ranges = entry.get("tiered_pricing", [])
+        for lower, upper in itertools.pairwise(ranges):
+            start = int(upper["range"][0])  # a prompt of exactly ``start`` stays in the lower range
+            assert estimate(model.cost, start, 0) == start * Decimal(lower["input_cost_per_token"])
+            assert estimate(model.cost, start + 1, 0) == (start + 1) * Decimal(upper["input_cost_per_token"])
+            proved["ranges"] += 1
+        if ranges:  # above the last range's end, the last range bills
+            beyond = int(ranges[-1]["range"][1]) + 1
+            assert estimate(model.cost, beyond, 0) == beyond * Decimal(ranges[-1]["input_cost_per_token"])
     assert proved["xai"] > 0
     assert proved["others"] > 0
+    assert proved["ranges"] > 0
 
 
 def test_aliases_carry_their_targets_prices(loaded: tuple[dict[str, Any], LiteLLMImport]) -> None:
@@ -205,9 +315,13 @@ def test_noisy_prices_are_imported_as_written(loaded: tuple[dict[str, Any], Lite
     by_id = {m.id: m for m in result.models}
     assert result.noisy_prices
     for key in result.noisy_prices:
-        texts = [Decimal(raw[key][name]) for name in PRICE_NAMES if name in raw[key]]
-        assert any(is_noisy(t) for t in texts) or _thresholds(raw[key])
-        assert by_id[key].cost.input == Decimal(raw[key]["input_cost_per_token"])
+        entry = raw[key]
+        ranges = entry.get("tiered_pricing", [])
+        texts = [Decimal(entry[name]) for name in PRICE_NAMES if name in entry]
+        texts += [Decimal(v) for r in ranges for name, v in r.items() if name != "range"]
+        assert any(is_noisy(t) for t in texts) or _thresholds(entry)
+        first = ranges[0] if ranges else entry
+        assert by_id[key].cost.input == Decimal(first["input_cost_per_token"])
     noisy = "novita/deepseek/deepseek-v3/community"
     if noisy in by_id:
         assert noisy in result.noisy_prices
@@ -235,9 +349,9 @@ def test_register_whole_import_in_redis(
     assert len(reader.list_models()) == len(result.models)
     for model in result.models:  # every model, both sides of every threshold
         entry = _priced_entry(raw, model.id)
-        for prompt, output, cached, written in _cases(entry)[1::2]:  # with output and cache
-            got = reader.estimate_cost(model.key, prompt, output, cached, written)
-            assert got == expected_cost(entry, model.provider, prompt, output, cached, written)
+        for case in _cases(entry)[1::2]:  # with output, cache and reasoning tokens
+            got = reader.estimate_cost(model.key, *case)
+            assert got == expected_cost(entry, model.provider, *case)
     sample = result.models[0]
     assert reader.get_model(sample.key) == sample
 
@@ -297,7 +411,7 @@ HAND: dict[str, Any] = {
     },
     "alias-ok": {"alias_of": "tiered"},
     "alias-missing": {"alias_of": "nowhere"},
-    "alias-skipped": {"alias_of": "no-window"},
+    "alias-skipped": {"alias_of": "negative"},
     "alias-alias": {"alias_of": "alias-ok"},
     "alias-{bad}": {"alias_of": "tiered"},
     "per-second": {"litellm_provider": "bedrock", "mode": "chat", "input_cost_per_second": "0.01"},
@@ -388,6 +502,72 @@ HAND: dict[str, Any] = {
         "output_cost_per_reasoning_token": "2.0E-7",
     },
     "ranges": {"litellm_provider": "dashscope", "mode": "chat", "tiered_pricing": []},
+    "ranges-cache": {
+        "litellm_provider": "dashscope",
+        "mode": "chat",
+        "max_input_tokens": 1000000,
+        "tiered_pricing": [
+            {
+                "range": [0, Decimal("32000.0")],
+                "input_cost_per_token": "1E-6",
+                "output_cost_per_token": "5E-6",
+                "cache_read_input_token_cost": "1E-7",
+                "output_cost_per_reasoning_token": "8E-6",
+            },
+            {"range": [32000, 128000], "input_cost_per_token": "2E-6", "output_cost_per_token": "1E-5"},
+            {
+                "range": [128000, 256000],
+                "input_cost_per_token": "3E-6",
+                "output_cost_per_token": "1.5E-5",
+                "cache_read_input_token_cost": "3E-7",
+                "cache_creation_input_token_cost": "4E-6",
+            },
+        ],
+    },
+    "ranges-plain": {
+        "litellm_provider": "volcengine",
+        "mode": "responses",
+        "output_cost_per_token": "4E-6",
+        "output_cost_per_reasoning_token": "6E-6",
+        "tiered_pricing": [
+            {"range": [0, 1000], "input_cost_per_token": "1E-6", "output_cost_per_token": "2E-6"},
+            {"range": [1000, 5000], "input_cost_per_token": "3E-6"},
+        ],
+    },
+    "ranges-gap": {
+        "litellm_provider": "dashscope",
+        "mode": "chat",
+        "tiered_pricing": [
+            {"range": [0, 1000], "input_cost_per_token": "1E-6", "output_cost_per_token": "2E-6"},
+            {"range": [2000, 5000], "input_cost_per_token": "3E-6", "output_cost_per_token": "4E-6"},
+        ],
+    },
+    "ranges-unsorted": {
+        "litellm_provider": "dashscope",
+        "mode": "chat",
+        "tiered_pricing": [
+            {"range": [1000, 5000], "input_cost_per_token": "3E-6", "output_cost_per_token": "4E-6"},
+            {"range": [0, 1000], "input_cost_per_token": "1E-6", "output_cost_per_token": "2E-6"},
+        ],
+    },
+    "ranges-late-start": {
+        "litellm_provider": "dashscope",
+        "mode": "chat",
+        "tiered_pricing": [{"range": [1, 1000], "input_cost_per_token": "1E-6", "output_cost_per_token": "2E-6"}],
+    },
+    "ranges-no-input": {
+        "litellm_provider": "dashscope",
+        "mode": "chat",
+        "tiered_pricing": [
+            {"range": [0, 1000], "input_cost_per_token": "1E-6", "output_cost_per_token": "2E-6"},
+            {"range": [1000, 5000], "output_cost_per_token": "4E-6"},
+        ],
+    },
+    "ranges-results": {
+        "litellm_provider": "exa_ai",
+        "mode": "chat",
+        "tiered_pricing": [{"input_cost_per_query": "0.005", "max_results_range": [0, 25]}],
+    },
     "gemini/old": {
         "litellm_provider": "gemini",
         "mode": "chat",
@@ -421,8 +601,6 @@ def test_hand_map_accounting_and_reasons(hand: LiteLLMImport) -> None:
         "per-char": "priced per character",
         "vertex_ai/chat-bison": "priced per character",
         "bad-{id}": "invalid model id",
-        "no-window": "no context window",
-        "zero-window": "invalid context_window",
         "not-noisy": "invalid price",
         "negative": "invalid price",
         "listed": "invalid price",
@@ -430,9 +608,12 @@ def test_hand_map_accounting_and_reasons(hand: LiteLLMImport) -> None:
         "no-provider": "invalid provider name",
         "image": "mode image_generation",
         "no-mode": "no mode",
-        "request-fee": "priced per request",
-        "think-apart": "reasoning tokens priced apart from output",
-        "ranges": "priced by tiered_pricing ranges",
+        "ranges": "tiered_pricing is not a list of token ranges",
+        "ranges-results": "tiered_pricing is not a list of token ranges",
+        "ranges-gap": "tiered_pricing ranges not contiguous from 0",
+        "ranges-unsorted": "tiered_pricing ranges not contiguous from 0",
+        "ranges-late-start": "tiered_pricing ranges not contiguous from 0",
+        "ranges-no-input": "tiered_pricing range without an input price",
         "gemini/old": "Google above-128k prices (billed by LiteLLM's own rule)",
         "no-prices": "no per-token input/output price",
     }
@@ -489,6 +670,70 @@ def test_hand_map_models(hand: LiteLLMImport) -> None:
     assert by_id["vertex_ai/gemini-2.0-flash"].cost.input == Decimal("1.5E-7")
     assert by_id["think-same"].cost.output == Decimal("2E-7")
     assert by_id["tiered"].max_output_tokens == 1000
+
+
+def test_hand_map_unknown_window_reasoning_and_fee(hand: LiteLLMImport) -> None:
+    by_id: dict[str, ModelSpec] = {m.id: m for m in hand.models}
+    assert by_id["no-window"].context_window is None
+    assert by_id["zero-window"].context_window is None
+    assert by_id["tiered"].context_window == 1000000
+    alias = by_id["alias-ok"]
+    assert alias.context_window == 1000000
+
+    apart = by_id["think-apart"].cost
+    assert apart.reasoning_output == Decimal("5E-7")
+    # 100 in, 50 out of which 30 reasoning: 100 * 5E-8 + 20 * 2E-7 + 30 * 5E-7
+    assert estimate(apart, 100, 50, reasoning_tokens=30) == Decimal("0.000024")
+    same = by_id["think-same"].cost
+    assert same.reasoning_output == Decimal("2.0E-7")
+    assert estimate(same, 10, 5, reasoning_tokens=5) == estimate(same, 10, 5)
+
+    fee = by_id["request-fee"].cost
+    assert fee.per_request == Decimal("0.005")
+    assert estimate(fee, 1000, 100) == Decimal("0.005") + 100 * Decimal("2.8E-7")
+    assert estimate(fee, 0, 0) == Decimal("0.005")
+
+
+def test_hand_map_range_tables(hand: LiteLLMImport) -> None:
+    by_id: dict[str, ModelSpec] = {m.id: m for m in hand.models}
+    cache = by_id["ranges-cache"].cost
+    assert (cache.input, cache.output, cache.cached_input) == (Decimal("1E-6"), Decimal("5E-6"), Decimal("1E-7"))
+    assert cache.reasoning_output == Decimal("8E-6")
+    mid, top = cache.tiers
+    assert (mid.threshold, mid.inclusive, top.threshold) == (32000, False, 128000)
+    # a range without cache or reasoning prices bills them at its own input and output prices,
+    # never at the first range's ones
+    assert (mid.cached_input, mid.cache_write, mid.reasoning_output) == (
+        Decimal("2E-6"),
+        Decimal("2E-6"),
+        Decimal("1E-5"),
+    )
+    assert (top.cached_input, top.cache_write, top.reasoning_output) == (
+        Decimal("3E-7"),
+        Decimal("4E-6"),
+        Decimal("1.5E-5"),
+    )
+    assert estimate(cache, 32000, 0) == 32000 * Decimal("1E-6")  # start < prompt <= end
+    assert estimate(cache, 32001, 0) == 32001 * Decimal("2E-6")
+    assert estimate(cache, 300000, 0) == 300000 * Decimal("3E-6")  # past the last end: the last range
+    # 32001 in, 1 of them cached; 10 out, 4 of them reasoning: all at the middle range's prices
+    assert estimate(cache, 32001, 10, 1, 0, 4) == 32001 * Decimal("2E-6") + 10 * Decimal("1E-5")
+
+    plain = by_id["ranges-plain"].cost
+    assert (plain.input, plain.output, plain.reasoning_output) == (Decimal("1E-6"), Decimal("2E-6"), None)
+    (upper,) = plain.tiers
+    # no output price in the range: the entry's flat output and reasoning prices stand in
+    assert (upper.threshold, upper.input, upper.output) == (1000, Decimal("3E-6"), Decimal("4E-6"))
+    assert (upper.cached_input, upper.cache_write, upper.reasoning_output) == (
+        Decimal("3E-6"),
+        Decimal("3E-6"),
+        Decimal("6E-6"),
+    )
+    assert by_id["ranges-plain"].context_window is None
+    for model in (by_id["ranges-cache"], by_id["ranges-plain"]):
+        entry = HAND[model.id]
+        for case in _cases(entry):
+            assert estimate(model.cost, *case) == expected_cost(entry, model.provider, *case), (model.id, case)
 
 
 def test_sources_bytes_text_and_path(tmp_path: Path) -> None:

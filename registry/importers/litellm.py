@@ -7,7 +7,8 @@ in USD. What is imported, and why (the billing rules are LiteLLM's ``generic_cos
 and ``_get_token_base_cost`` in ``litellm/litellm_core_utils/llm_cost_calc/utils.py``):
 
 * Modes ``chat`` and ``responses`` (capability ``chat``) and ``completion`` with both
-  ``input_cost_per_token`` and ``output_cost_per_token``. Embeddings are imported too, with
+  ``input_cost_per_token`` and ``output_cost_per_token``, or a ``tiered_pricing`` table of
+  per-token prices (below). Embeddings are imported too, with
   capability ``embeddings`` only, so a search by ``chat`` never returns them: input price
   required, output price from the map or 0 (an embedding call produces no output tokens).
 * Only the standard tier is modelled: service-tier variants (``_batches``, ``_flex``,
@@ -22,16 +23,45 @@ and ``_get_token_base_cost`` in ``litellm/litellm_core_utils/llm_cost_calc/utils
   the base gives at the tier's input price, so a tier never mixes rates). Tiers are
   strictly above the threshold except for ``litellm_provider`` ``xai``, where LiteLLM
   compares with ``>=`` (``_INCLUSIVE_THRESHOLD_PROVIDERS``).
+* ``output_cost_per_reasoning_token`` is :attr:`Cost.reasoning_output`, whenever given:
+  LiteLLM bills ``completion_tokens - reasoning_tokens`` at the output price and the reasoning
+  tokens at it (``generic_cost_per_token``; ``_resolve_reasoning_token_cost``, which keeps this
+  base price above a ``_above_<N>k_tokens`` threshold, as :mod:`registry.pricing` does; the
+  Dashscope calculator ``llms/dashscope/cost_calculator.py`` alike). Perplexity reports
+  reasoning tokens apart from ``completion_tokens`` and bills them on top
+  (``llms/perplexity/cost_calculator.py``); our ``output_tokens`` counts them, so the totals agree.
+* ``input_cost_per_request`` is :attr:`Cost.per_request`. Only Perplexity entries have one, and
+  LiteLLM's Perplexity calculator never reads it (it bills tokens, citations and searches), so
+  LiteLLM's figure leaves the fee out; we keep it because Perplexity bills it on every request.
+* A ``tiered_pricing`` table (LiteLLM prefers it to the flat prices) is converted when every
+  range is ``{"range": [start, end], "input_cost_per_token": ...}`` with integer bounds, the
+  first starting at 0 and each starting where the previous one ends. LiteLLM bills the whole
+  request at one range, chosen by the prompt's tokens (cached ones included):
+  ``start < prompt_tokens <= end``, and the last range above the last ``end``
+  (``select_tier_for_input`` in ``llm_cost_calc/tiered_pricing.py``, used by
+  ``_get_tiered_base_costs`` in ``utils.py`` and by the Dashscope calculator). So the first
+  range is the base price and each later one a :class:`PriceTier` strictly above its
+  ``start``; our last tier bills every larger prompt, as LiteLLM does. A range's missing (or
+  0: ``tier_rate`` reads ``a or b``) cache-read or cache-write price is that range's input
+  price; a missing output price is the entry's flat one (or 0); a missing reasoning price is
+  the range's output price, or with no output price either the entry's flat reasoning or
+  output price (``_get_tiered_reasoning_rate``). Each is written into the tier, so
+  :mod:`registry.pricing` never falls back to another range's price. A prompt of 0 tokens
+  selects no range and LiteLLM bills the flat prices (0 where the entry has none); we bill it
+  at the first range. ``_above_<N>k_tokens`` keys beside a table are ignored, as in LiteLLM.
+  Tables of another shape (``max_results_range`` for search, a gap, an overlap, an unsorted
+  or not-from-0 table, a range without an input price) are skipped.
 * Entries that bill text in a way :class:`Cost` cannot hold are skipped, never mispriced:
-  a ``tiered_pricing`` table (LiteLLM prefers it over the flat prices), a reasoning-token
-  price that differs from the output price, a per-request fee (``input_cost_per_request``),
-  and a per-character price where LiteLLM really bills characters: only ``vertex_ai*`` chat
+  a per-character price where LiteLLM really bills characters: only ``vertex_ai*`` chat
   models outside its per-token list (``claude``, ``llama``, ``mistral``, ``jamba``,
   ``codestral``, ``gemma``, ``gemini-2``; ``vertex_ai/cost_calculator.py::cost_router``).
   Elsewhere the per-token price is what bills text tokens and per-character, per-second or
   per-image prices only bill media, so the entry is imported. Google's ``_above_128k_tokens``
   prices are billed by a different rule (``_handle_128k_pricing``, output tier chosen by the
   completion's size), so a ``gemini`` or ``vertex_ai`` entry with a non-zero one is skipped.
+* The context window is ``max_input_tokens``, else the legacy ``max_tokens`` (LiteLLM's
+  ``sample_spec``: "max input tokens ... if not default to max_tokens"); where neither is
+  given, or it is 0, the model is imported with ``context_window`` null.
 * An alias (``alias_of``) whose target was imported becomes a model of its own with the
   target's provider, prices and limits and ``metadata["alias_of"]``; otherwise it is skipped.
 * A price of 16 or more significant digits that rounds to a short number at 15 digits
@@ -81,6 +111,7 @@ _TIER_KEY = re.compile(rf"^({'|'.join(_PRICES)})_above_(\d+)(k?)_tokens$")
 _PROVIDER = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _VERTEX_PER_TOKEN = ("claude", "llama", "mistral", "jamba", "codestral", "gemma", "gemini-2")
 _NOTE = "LiteLLM price map"
+_FALLBACK = {"cached_input": "input", "cache_write": "input", "reasoning_output": "output"}
 
 
 class _Skip(Exception):
@@ -174,9 +205,9 @@ def _count(value: Any) -> int | None:
 
 def _text_reason(key: str, entry: Mapping[str, Any], provider: str, mode: str) -> str | None:
     """Why an entry's text is billed in a way a :class:`Cost` cannot hold, if it is."""
-    if "tiered_pricing" in entry:
-        return "priced by tiered_pricing ranges"
-    if "input_cost_per_token" not in entry or (mode != "embedding" and "output_cost_per_token" not in entry):
+    if "tiered_pricing" not in entry and (
+        "input_cost_per_token" not in entry or (mode != "embedding" and "output_cost_per_token" not in entry)
+    ):
         if any("per_second" in name for name in entry):
             return "priced per second"
         if any("per_character" in name for name in entry):
@@ -189,11 +220,6 @@ def _text_reason(key: str, entry: Mapping[str, Any], provider: str, mode: str) -
         and not any(marker in key for marker in _VERTEX_PER_TOKEN)
     ):
         return "priced per character"
-    if "input_cost_per_request" in entry:
-        return "priced per request"
-    reasoning = entry.get("output_cost_per_reasoning_token")
-    if reasoning is not None and _price(reasoning) != _price(entry["output_cost_per_token"]):
-        return "reasoning tokens priced apart from output"
     if (provider == "gemini" or provider.startswith("vertex_ai")) and any(
         name.endswith("_above_128k_tokens") and _price(value) for name, value in entry.items()
     ):
@@ -201,10 +227,62 @@ def _text_reason(key: str, entry: Mapping[str, Any], provider: str, mode: str) -
     return None
 
 
-def _cost(entry: Mapping[str, Any], provider: str) -> tuple[Cost, bool]:
-    """The entry's standard-tier prices, and whether any of them carries float noise."""
+def _ranges(table: Any) -> list[tuple[int, Mapping[str, Any]]]:
+    """A ``tiered_pricing`` table as ``(start, range)`` pairs, checked; or :class:`_Skip`."""
+    if not isinstance(table, list) or not table:
+        raise _Skip("tiered_pricing is not a list of token ranges")
+    if not all(isinstance(item, Mapping) and "range" in item for item in table):
+        raise _Skip("tiered_pricing is not a list of token ranges")
+    ranges: list[tuple[int, Mapping[str, Any]]] = []
+    end = 0
+    for item in table:
+        bounds = item["range"]
+        start, stop = (_count(b) for b in bounds) if isinstance(bounds, list) and len(bounds) == 2 else (None, None)
+        if start is None or stop is None or start != end or stop <= start:
+            raise _Skip("tiered_pricing ranges not contiguous from 0")
+        if item.get("input_cost_per_token") is None:
+            raise _Skip("tiered_pricing range without an input price")
+        ranges.append((start, item))
+        end = stop
+    return ranges
+
+
+def _range_prices(item: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, Decimal]:
+    """What LiteLLM bills inside one range: every price spelled out (``_get_tiered_base_costs``)."""
+
+    def given(name: str) -> Decimal | None:
+        return None if item.get(name) is None else _price(item[name])
+
+    def first(*prices: Decimal | None) -> Decimal:  # LiteLLM's ``tier.get(a) or tier.get(b)``
+        return next((p for p in prices if p), Decimal(0))
+
+    price_in = _price(item["input_cost_per_token"])
+    if "output_cost_per_token" in item:
+        output = _price(item["output_cost_per_token"])
+        reasoning = first(given("output_cost_per_reasoning_token"), output)
+    else:  # the entry's own output price stands in, and its reasoning price
+        flat_output = None if entry.get("output_cost_per_token") is None else _price(entry["output_cost_per_token"])
+        output = flat_output or Decimal(0)
+        flat = entry.get("output_cost_per_reasoning_token")
+        flat_reasoning = output if flat is None else _price(flat)
+        # a range's own reasoning price falls back to its output price, here none: 0
+        in_range = given("output_cost_per_reasoning_token")
+        reasoning = flat_reasoning if in_range is None else in_range
+    return {
+        "input": price_in,
+        "output": output,
+        "cached_input": first(given("cache_read_input_token_cost"), price_in),
+        "cache_write": first(given("cache_creation_input_token_cost"), price_in),
+        "reasoning_output": reasoning,
+    }
+
+
+def _flat_prices(entry: Mapping[str, Any], provider: str) -> tuple[dict[str, Decimal], list[PriceTier]]:
+    """Base prices and ``_above_<N>k_tokens`` tiers of an entry without a range table."""
     base = {kind: _price(entry[name]) for name, kind in _PRICES.items() if name in entry}
     base.setdefault("output", Decimal(0))  # embeddings
+    if entry.get("output_cost_per_reasoning_token") is not None:
+        base["reasoning_output"] = _price(entry["output_cost_per_reasoning_token"])
     found: dict[int, dict[str, Decimal]] = {}
     for name, value in entry.items():
         if match := _TIER_KEY.match(name):
@@ -214,10 +292,27 @@ def _cost(entry: Mapping[str, Any], provider: str) -> tuple[Cost, bool]:
     for threshold, prices in found.items():
         if "input" not in prices:  # LiteLLM keys a tier on its input price only
             continue
-        prices.setdefault("output", base["output"])  # cache prices: see registry.pricing
+        prices.setdefault("output", base["output"])  # cache and reasoning prices: see registry.pricing
         inclusive = provider in INCLUSIVE_THRESHOLD_PROVIDERS
         tiers.append(PriceTier(threshold=threshold, inclusive=inclusive, **prices))
-    noisy = any(is_noisy(p) for p in [*base.values(), *(p for t in found.values() for p in t.values())])
+    return base, tiers
+
+
+def _cost(entry: Mapping[str, Any], provider: str) -> tuple[Cost, bool]:
+    """The entry's standard-tier prices, and whether any of them carries float noise."""
+    if "tiered_pricing" in entry:
+        ranges = [(start, _range_prices(item, entry)) for start, item in _ranges(entry["tiered_pricing"])]
+        # the first range's fallbacks are registry.pricing's own: leave out what they give anyway
+        first = ranges[0][1]
+        base = {kind: p for kind, p in first.items() if kind not in _FALLBACK or p != first[_FALLBACK[kind]]}
+        tiers = [PriceTier(threshold=start, inclusive=False, **prices) for start, prices in ranges[1:]]
+    else:
+        base, tiers = _flat_prices(entry, provider)
+    if entry.get("input_cost_per_request") is not None:
+        base["per_request"] = _price(entry["input_cost_per_request"])
+    prices = [*base.values()] + [p for t in tiers for p in (t.input, t.output, t.cached_input, t.cache_write) if p]
+    prices += [t.reasoning_output for t in tiers if t.reasoning_output is not None]
+    noisy = any(is_noisy(p) for p in prices)
     note = f"{_NOTE}: {entry['source']}" if isinstance(entry.get("source"), str) else _NOTE
     return Cost(per=1, currency="USD", note=note[:1000], tiers=tuple(tiers), **base), noisy
 
@@ -236,9 +331,8 @@ def _convert(key: str, entry: Mapping[str, Any], today: date) -> tuple[ModelSpec
         raise _Skip("invalid model id") from None
     if reason := _text_reason(key, entry, provider, mode):
         raise _Skip(reason)
-    window = next((entry[k] for k in ("max_input_tokens", "max_tokens") if entry.get(k) is not None), None)
-    if window is None:
-        raise _Skip("no context window")
+    # max_input_tokens, else the legacy max_tokens; neither, or 0, is unknown (null)
+    window = next((entry[k] for k in ("max_input_tokens", "max_tokens") if entry.get(k) not in (None, 0)), None)
     cost, noisy = _cost(entry, provider)
     max_output = _count(entry.get("max_output_tokens"))
     capabilities = [_MODE_CAPABILITY[mode]] + [cap for f, cap in _FLAGS.items() if entry.get(f) is True]
@@ -255,7 +349,7 @@ def _convert(key: str, entry: Mapping[str, Any], today: date) -> tuple[ModelSpec
     spec = ModelSpec(
         provider=provider,
         id=key,
-        context_window=_count(window) or window,
+        context_window=None if window is None else _count(window) or window,
         max_output_tokens=max_output if max_output and max_output <= MAX_TOKENS else None,
         capabilities=tuple(capabilities),
         cost=cost,
