@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
+from registry._core import Flow
+from registry.admission import ops as admission
+from registry.admission.ops import Mode
+from registry.admission.types import Decision, Reservation
 from registry.catalog.codec import CatalogEntry
 from registry.catalog.ops import Write, coerce_model
 from registry.catalog.search import SearchQuery
@@ -40,6 +47,8 @@ class RegistryBase:
         watch: bool = True,
         refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
         owns_client: bool = False,
+        shadow: bool = False,
+        cache_denials: bool = False,
     ) -> None:
         if refresh_interval <= 0:
             raise ConfigError(f"refresh_interval must be > 0 seconds, got {refresh_interval!r}")
@@ -53,6 +62,12 @@ class RegistryBase:
         self._scripts: dict[str, Any] = {}
         # The channel the watcher follows (an attribute so tests can mute notices).
         self._channel = self.keys.changes_channel
+        self.shadow = shadow
+        self.cache_denials = cache_denials
+        self._denials: dict[tuple[str, str | None], tuple[float, Decision]] = {}
+        self._test_clock: Callable[[], int] | None = None  # see registry.testing.use_clock
+        self._sleep: Callable[[float], None] = time.sleep
+        self._asleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     def _script(self, name: str) -> Any:
         """redis-py's Script object for ``name``, registered once per client (reloads on NOSCRIPT)."""
@@ -66,6 +81,93 @@ class RegistryBase:
     def revision(self) -> int:
         """The catalog revision of the local copy (0 before the first read)."""
         return self._snapshot.revision if self._snapshot is not None else 0
+
+    # -- admission, shared by both clients ----------------------------------------------------
+
+    def _now_ms(self) -> int | None:
+        """None: the scripts read Redis' TIME. Only registry.testing sets a clock."""
+        return None if self._test_clock is None else int(self._test_clock())
+
+    def _acquire_flow(
+        self,
+        snapshot: Snapshot,
+        model_key: str,
+        input_tokens: int,
+        max_output_tokens: int | None,
+        tenant: str | None,
+        request_id: str | None,
+        mode: Mode = "acquire",
+    ) -> Flow[Decision]:
+        if mode == "acquire" and self.shadow:
+            mode = "shadow"
+        model = snapshot.get(self._key(model_key))
+        return admission.acquire(
+            self.keys,
+            model,
+            input_tokens,
+            max_output_tokens,
+            tenant=tenant,
+            request_id=request_id,
+            mode=mode,
+            now_ms=self._now_ms(),
+        )
+
+    def _cached_denial(self, model_key: str, tenant: str | None) -> Decision | None:
+        """A refusal remembered locally until its retry_after (``cache_denials=True``)."""
+        if not self.cache_denials:
+            return None
+        held = self._denials.get((model_key, tenant))
+        if held is None:
+            return None
+        until, decision = held
+        left = until - time.monotonic()
+        if left <= 0:
+            del self._denials[(model_key, tenant)]
+            return None
+        return dataclasses.replace(decision, retry_after=left)
+
+    def _remember(self, model_key: str, tenant: str | None, decision: Decision) -> Decision:
+        if self.cache_denials and not decision.allowed:
+            self._denials[(model_key, tenant)] = (time.monotonic() + decision.retry_after, decision)
+        return decision
+
+    @staticmethod
+    def _wait_for(decision: Decision, wait: bool, deadline: float | None) -> float | None:
+        """Seconds to sleep before trying again, or None to return ``decision`` now."""
+        if decision.allowed or not wait:
+            return None
+        delay = decision.retry_after
+        if deadline is not None and time.monotonic() + delay > deadline:
+            return None  # it cannot fit before the timeout: say so now
+        return delay
+
+    @staticmethod
+    def _deadline(timeout: float | None) -> float | None:
+        if timeout is None:
+            return None
+        if timeout < 0:
+            raise ConfigError(f"timeout must be >= 0 seconds, got {timeout!r}")
+        return time.monotonic() + timeout
+
+    def _settle_flow(
+        self,
+        reservation: Reservation,
+        input_tokens: int | None,
+        output_tokens: int | None,
+        success: bool,
+        latency_ms: float | None,
+        release: bool = False,
+    ) -> Flow[bool]:
+        if latency_ms is not None and (isinstance(latency_ms, bool) or not latency_ms >= 0):
+            raise ConfigError(f"latency_ms must be a number >= 0, got {latency_ms!r}")
+        return admission.settle(
+            self.keys,
+            reservation,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            release=release,
+            now_ms=self._now_ms(),
+        )
 
     @staticmethod
     def compare_versions(a: str, b: str) -> int:

@@ -15,6 +15,7 @@ import redis.asyncio as aredis
 
 from registry import _core
 from registry._base import DEFAULT_REFRESH_INTERVAL, RegistryBase, check_url, estimate_from, log
+from registry.admission.types import Decision, Reservation
 from registry.catalog import ops
 from registry.catalog import sync as catalog_sync
 from registry.catalog.codec import CatalogEntry
@@ -49,6 +50,8 @@ class AsyncRegistry(RegistryBase):
         watch: bool = True,
         refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
         owns_client: bool = False,
+        shadow: bool = False,
+        cache_denials: bool = False,
     ) -> None:
         super().__init__(
             client,
@@ -56,6 +59,8 @@ class AsyncRegistry(RegistryBase):
             watch=watch,
             refresh_interval=refresh_interval,
             owns_client=owns_client,
+            shadow=shadow,
+            cache_denials=cache_denials,
         )
         self._lock: asyncio.Lock | None = None
         self._closed = False
@@ -69,11 +74,21 @@ class AsyncRegistry(RegistryBase):
         namespace: str = DEFAULT_NAMESPACE,
         watch: bool = True,
         refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
+        shadow: bool = False,
+        cache_denials: bool = False,
         **redis_options: Any,
     ) -> AsyncRegistry:
         """Connect to ``redis://``, ``rediss://`` or ``unix://`` ``url``."""
         client = aredis.Redis.from_url(check_url(url), decode_responses=True, **redis_options)
-        return cls(client, namespace=namespace, watch=watch, refresh_interval=refresh_interval, owns_client=True)
+        return cls(
+            client,
+            namespace=namespace,
+            watch=watch,
+            refresh_interval=refresh_interval,
+            owns_client=True,
+            shadow=shadow,
+            cache_denials=cache_denials,
+        )
 
     # -- I/O ------------------------------------------------------------------------------------
 
@@ -275,3 +290,56 @@ class AsyncRegistry(RegistryBase):
         """True if Redis answers; raises :class:`BackendUnavailable` if it does not."""
         with map_redis_errors():
             return bool(await self.redis.ping())
+
+    # -- admission ------------------------------------------------------------------------------
+
+    async def acquire(
+        self,
+        model_key: str,
+        input_tokens: int,
+        max_output_tokens: int | None = None,
+        tenant: str | None = None,
+        request_id: str | None = None,
+        *,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> Decision:
+        """Check and consume the model's limits (and the tenant's) for one request, atomically.
+
+        Reserves ``input_tokens + max_output_tokens`` against token limits (``max_output_tokens``
+        defaults to the model's) and one request against request limits; settle the real
+        counts afterwards with :meth:`settle`, or give it all back with :meth:`release`. With
+        ``wait`` it sleeps for ``retry_after`` and tries again until admitted or ``timeout``.
+        Raises :class:`RequestTooLargeError` for a request bigger than a limit.
+        """
+        deadline = self._deadline(timeout)
+        while True:
+            decision = self._cached_denial(model_key, tenant)
+            if decision is None:
+                flow = self._acquire_flow(
+                    (await self._catalog()), model_key, input_tokens, max_output_tokens, tenant, request_id
+                )
+                decision = self._remember(model_key, tenant, await self._run(flow))
+            delay = self._wait_for(decision, wait, deadline)
+            if delay is None:
+                return decision
+            await self._asleep(delay)
+
+    async def check_rate_limit(self, model_key: str, tokens: int = 0, tenant: str | None = None) -> Decision:
+        """Would a request of ``tokens`` tokens be admitted now? Consumes nothing."""
+        return await self._run(self._acquire_flow((await self._catalog()), model_key, tokens, 0, tenant, None, "peek"))
+
+    async def settle(
+        self,
+        reservation: Reservation,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        success: bool = True,
+        latency_ms: float | None = None,
+    ) -> bool:
+        """Replace the reserved estimate with the real counts, once; False if already settled."""
+        return await self._run(self._settle_flow(reservation, input_tokens, output_tokens, success, latency_ms))
+
+    async def release(self, reservation: Reservation) -> bool:
+        """Give back everything a reservation holds (its request was never sent), once."""
+        return await self._run(self._settle_flow(reservation, None, None, False, None, release=True))

@@ -7,6 +7,8 @@
     ├── ModelNotFoundError(RegistryError, KeyError) no model under that key
     ├── ModelExistsError(RegistryError)            register without replace= hit an existing key
     ├── RevisionConflictError(RegistryError)       an expected revision did not match
+    ├── RequestTooLargeError(RegistryError, ValueError)  bigger than a limit: waiting never helps
+    ├── RateLimitedError(RegistryError)            refused (raising helpers only), has retry_after
     └── BackendError(RegistryError)                anything Redis said or failed to say
         ├── BackendUnavailable                     connection refused, timeout, DNS
         └── ScriptError                            a Lua error or a malformed reply
@@ -27,7 +29,9 @@ __all__ = [
     "ConfigError",
     "ModelExistsError",
     "ModelNotFoundError",
+    "RateLimitedError",
     "RegistryError",
+    "RequestTooLargeError",
     "RevisionConflictError",
     "ScriptError",
     "map_redis_errors",
@@ -74,6 +78,22 @@ class RevisionConflictError(RegistryError):
         self.actual = actual
         held = "no model" if actual == 0 else f"revision {actual}"
         super().__init__(f"{key}: expected revision {expected}, Redis holds {held}")
+
+
+class RequestTooLargeError(RegistryError, ValueError):
+    """The request alone is larger than a limit (say more tokens than the TPM): it never fits."""
+
+    def __init__(self, model_key: str, limit: str, cost: int, allowed: int) -> None:
+        self.model_key, self.limit, self.cost, self.allowed = model_key, limit, cost, allowed
+        super().__init__(f"{model_key}: a request of {cost} against {limit} = {allowed} can never be admitted")
+
+
+class RateLimitedError(RegistryError):
+    """A request was refused (by a helper that raises rather than returning the Decision)."""
+
+    def __init__(self, model_key: str, denied_by: str | None, retry_after: float) -> None:
+        self.model_key, self.denied_by, self.retry_after = model_key, denied_by, retry_after
+        super().__init__(f"{model_key}: refused by {denied_by}; retry after {retry_after:.3f}s")
 
 
 class BackendError(RegistryError):

@@ -8,9 +8,15 @@ Layout (namespace ``registry`` by default; ``{...}`` is the cluster hash tag)::
     {registry:catalog}:events                  stream  capped log of writes, entry id <revision>-1
     {registry:catalog}:changes                 channel pub/sub: a write's new revision
 
+Admission keys, one hash tag per model (its tenants' limits share it)::
+
+    {registry:adm:<provider>:<id>}:w:<limit>              hash  sliding-window buckets
+    {registry:adm:<provider>:<id>}:t:<tenant>:w:<limit>   hash  a tenant's buckets on the model
+    {registry:adm:<provider>:<id>}:r:<reservation id>     hash  what an admitted request holds
+
 The whole catalog shares one hash tag, so it sits in one cluster slot and every catalog
-script touches keys of that slot only. Model and tenant windows (admission, ledger) get tags
-of their own so that they spread across slots.
+script touches keys of that slot only. Each model's admission keys have a tag of their own,
+so that models spread across slots and one script never leaves its model's slot.
 """
 
 from __future__ import annotations
@@ -66,6 +72,17 @@ class Keys:
     @property
     def changes_channel(self) -> str:
         return f"{self.catalog_tag}:changes"
+
+    def admission_tag(self, model_key: str) -> str:
+        return f"{{{self.namespace}:adm:{model_key}}}"
+
+    def window(self, model_key: str, limit: str, tenant: str | None = None) -> str:
+        """The bucket hash of one limit of a model, or of a tenant on that model."""
+        scope = "" if tenant is None else f":t:{tenant}"
+        return f"{self.admission_tag(model_key)}{scope}:w:{limit}"
+
+    def reservation(self, model_key: str, reservation_id: str) -> str:
+        return f"{self.admission_tag(model_key)}:r:{reservation_id}"
 
     def catalog_keys(self) -> tuple[str, str, str]:
         """The fixed keys every catalog write script takes first: meta, models, events."""

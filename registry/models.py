@@ -108,6 +108,7 @@ ModelId = Annotated[
     Field(description="The provider's own model name; no braces, whitespace or control characters."),
 ]
 Tag = Annotated[str, AfterValidator(_tag)]
+TenantName = Annotated[str, AfterValidator(lambda v: validate_name(v, what="tenant", max_length=MAX_TAG_LENGTH * 2))]
 CapabilityName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 Price = Annotated[
     Decimal,
@@ -248,6 +249,11 @@ class ModelSpec(_Strict):
     rate_limit: RateLimit = RateLimit()
     status: Status = Status.ACTIVE
     tags: tuple[Tag, ...] = ()
+    tenant_limits: dict[TenantName, RateLimit] = Field(
+        default_factory=dict,
+        description="Limits of each tenant on this model, on top of the model's own; "
+        "'*' applies to every tenant without an entry of its own.",
+    )
     metadata: dict[str, JsonValue] = Field(
         default_factory=dict,
         description="Free-form: endpoint, file name and quantisation of local models, and so on.",

@@ -23,7 +23,7 @@ __all__ = ["CatalogEntry", "decode_entry", "encode_fields"]
 
 _SCALARS = ("provider", "id", "name", "version", "status")
 _INTS = ("context_window", "max_output_tokens")
-_JSON = ("capabilities", "tags", "cost", "rate_limit", "metadata")
+_JSON = ("capabilities", "tags", "cost", "rate_limit", "tenant_limits", "metadata")
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
 

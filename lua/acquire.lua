@@ -1,0 +1,154 @@
+-- acquire.lua: check every limit of a request and consume all of them, or none.
+--
+-- Sliding windows of sub-window buckets: a limit's hash maps a bucket index
+-- (floor(time_ms / bucket_ms)) to what was admitted in it. At time `now` the window
+-- (now - window_ms, now] counts every bucket that overlaps it in full, so a partly expired
+-- bucket still counts: the error only ever refuses early (by at most one bucket), never
+-- admits more than the limit in any interval of window_ms.
+--
+-- KEYS[1]   the reservation (hash), written when admitted
+-- KEYS[1+i] the window hash of limit i (i = 1..n); all keys share the model's hash tag
+-- ARGV[1]   now in ms, or "" to use the server's TIME (the testing clock hook)
+-- ARGV[2]   mode: "acquire" | "shadow" (count, never refuse) | "peek" (write nothing)
+-- ARGV[3]   reservation TTL in ms
+-- ARGV[4]   n, the number of limits
+-- ARGV[5 + 5*(i-1) + 0..4] limit i: name, limit, window_ms, bucket_ms, cost
+--
+-- returns {status, now_ms, binding, retry_after_ms, remaining_1, ..., remaining_n}
+--   status 1 admitted, 0 refused, 2 already admitted under this reservation (nothing
+--   consumed again), 3 refused for good: cost of limit `binding` exceeds the limit itself,
+--   4 shadow: admitted although limit `binding` would have refused.
+--   binding is the index of the limit that refuses longest (0: none).
+-- Bad arguments raise an error before anything is written.
+
+local n = tonumber(ARGV[4])
+if not n or n < 0 or n ~= math.floor(n) or #KEYS ~= 1 + n or #ARGV ~= 4 + 5 * n then
+  return redis.error_reply('ERR_ARGS expected n limits: 1 + n keys and 4 + 5n args')
+end
+local mode = ARGV[2]
+if mode ~= 'acquire' and mode ~= 'shadow' and mode ~= 'peek' then
+  return redis.error_reply('ERR_ARGS unknown mode ' .. tostring(mode))
+end
+local ttl = tonumber(ARGV[3])
+if not ttl or ttl < 1 or ttl ~= math.floor(ttl) then
+  return redis.error_reply('ERR_ARGS reservation ttl must be a positive integer')
+end
+local now
+if ARGV[1] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+else
+  now = tonumber(ARGV[1])
+  if not now or now < 0 or now ~= math.floor(now) then
+    return redis.error_reply('ERR_ARGS now must be a non-negative integer (ms)')
+  end
+end
+
+local limits = {}
+for i = 1, n do
+  local base = 5 + 5 * (i - 1)
+  local limit, window, bucket, cost = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]),
+    tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
+  for _, v in ipairs({limit, window, bucket, cost}) do
+    if not v or v < 0 or v ~= math.floor(v) or v > 9007199254740991 then
+      return redis.error_reply('ERR_ARGS limit ' .. i .. ': numbers must be integers >= 0')
+    end
+  end
+  if bucket < 1 or window < bucket or window % bucket ~= 0 then
+    return redis.error_reply('ERR_ARGS limit ' .. i .. ': window must be a multiple of the bucket')
+  end
+  limits[i] = {name = ARGV[base], limit = limit, window = window, bucket = bucket, cost = cost}
+end
+
+-- Idempotent: a retried acquire of the same reservation consumes nothing again.
+if mode ~= 'peek' and redis.call('EXISTS', KEYS[1]) == 1 then
+  local reply = {2, now, 0, 0}
+  for i = 1, n do reply[#reply + 1] = -1 end
+  return reply
+end
+
+-- Too large ever to be admitted: refuse before reading anything else.
+for i = 1, n do
+  if limits[i].cost > limits[i].limit then
+    local reply = {3, now, i, -1}
+    for _ = 1, n do reply[#reply + 1] = -1 end
+    return reply
+  end
+end
+
+-- Count each window; note the expired buckets; find how long until the request fits.
+local binding, wait = 0, 0
+for i = 1, n do
+  local l = limits[i]
+  local start = now - l.window  -- buckets ending at or before this no longer count
+  local flat = redis.call('HGETALL', KEYS[1 + i])
+  local live, expired, total = {}, {}, 0
+  for j = 1, #flat, 2 do
+    local index, value = tonumber(flat[j]), tonumber(flat[j + 1])
+    if (index + 1) * l.bucket <= start then
+      expired[#expired + 1] = flat[j]
+    else
+      live[#live + 1] = {index, value}
+      total = total + value
+    end
+  end
+  l.total, l.expired = total, expired
+  local excess = total + l.cost - l.limit
+  if excess > 0 then
+    table.sort(live, function(a, b) return a[1] < b[1] end)
+    local freed, at = 0, nil
+    for _, b in ipairs(live) do
+      freed = freed + b[2]
+      if freed >= excess then
+        at = (b[1] + 1) * l.bucket + l.window
+        break
+      end
+    end
+    local ms = at and (at - now) or l.window
+    if binding == 0 or ms > wait then
+      binding, wait = i, ms
+    end
+  end
+end
+
+local status = 1
+if binding ~= 0 then
+  status = (mode == 'shadow') and 4 or 0
+end
+if mode ~= 'peek' and status ~= 0 then
+  local record = {'n', n, 'at', now}
+  for i = 1, n do
+    local l = limits[i]
+    local key = KEYS[1 + i]
+    if #l.expired > 0 then
+      redis.call('HDEL', key, unpack(l.expired))
+    end
+    local index = math.floor(now / l.bucket)
+    if l.cost > 0 then
+      redis.call('HINCRBY', key, string.format('%d', index), l.cost)
+    end
+    if redis.call('EXISTS', key) == 1 then
+      redis.call('PEXPIRE', key, l.window + l.bucket)
+    end
+    l.total = l.total + l.cost
+    record[#record + 1] = 'b' .. i
+    record[#record + 1] = string.format('%d', index)
+    record[#record + 1] = 'c' .. i
+    record[#record + 1] = string.format('%d', l.cost)
+    record[#record + 1] = 'k' .. i
+    record[#record + 1] = l.name
+    record[#record + 1] = 'w' .. i
+    record[#record + 1] = string.format('%d', l.window)
+    record[#record + 1] = 's' .. i
+    record[#record + 1] = string.format('%d', l.bucket)
+  end
+  redis.call('HSET', KEYS[1], unpack(record))
+  redis.call('PEXPIRE', KEYS[1], ttl)
+end
+
+local reply = {status, now, binding, wait}
+for i = 1, n do
+  local left = limits[i].limit - limits[i].total  -- total includes the cost once consumed
+  reply[#reply + 1] = left > 0 and left or 0
+end
+return reply

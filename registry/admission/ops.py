@@ -1,0 +1,137 @@
+"""Admission flows (see :mod:`registry._core`): acquire, peek, settle and release.
+
+Each is one script call, so one round trip: the limits come from the client's catalog copy
+as arguments (the catalog lives in another cluster slot), the time from Redis' TIME unless
+the testing clock hook gives one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import MappingProxyType
+from typing import Any, Literal
+
+from registry._core import Flow, Script
+from registry.admission.types import LIMIT_NAMES, Decision, LimitSpec, Reservation, applicable_limits, check_tenant
+from registry.errors import ConfigError, RequestTooLargeError, ScriptError
+from registry.keys import Keys
+from registry.models import MAX_TOKENS, ModelSpec
+from registry.pricing import check_tokens
+
+__all__ = ["DEFAULT_RESERVATION_TTL_MS", "acquire", "settle"]
+
+DEFAULT_RESERVATION_TTL_MS = 3_600_000  # an unsettled reservation's record lives an hour
+_SHORT = {"requests_per_minute": "rpm", "tokens_per_minute": "tpm", "requests_per_day": "rpd"}
+Mode = Literal["acquire", "shadow", "peek"]
+
+
+def _window_key(keys: Keys, model_key: str, spec_name: str, tenant: str | None) -> str:
+    return keys.window(model_key, _SHORT[spec_name.removeprefix("tenant.")], tenant)
+
+
+def _now_arg(now_ms: int | None) -> str | int:
+    return "" if now_ms is None else now_ms
+
+
+def acquire(
+    keys: Keys,
+    model: ModelSpec,
+    input_tokens: int,
+    max_output_tokens: int | None,
+    *,
+    tenant: str | None = None,
+    request_id: str | None = None,
+    mode: Mode = "acquire",
+    now_ms: int | None = None,
+    reservation_ttl_ms: int = DEFAULT_RESERVATION_TTL_MS,
+) -> Flow[Decision]:
+    """Check and consume every limit of ``model`` (and of ``tenant`` on it) at once."""
+    input_tokens = check_tokens("input_tokens", input_tokens)
+    if max_output_tokens is None:
+        max_output_tokens = model.max_output_tokens or 0
+    max_output_tokens = check_tokens("max_output_tokens", max_output_tokens)
+    tenant = check_tenant(tenant)
+    if request_id is not None and (not isinstance(request_id, str) or not 0 < len(request_id) <= 128):
+        raise ConfigError(f"request_id must be a string of 1 to 128 characters, got {request_id!r}")
+    tokens = input_tokens + max_output_tokens
+    if tokens > MAX_TOKENS:
+        raise ConfigError(f"input_tokens + max_output_tokens must be at most {MAX_TOKENS}")
+    reservation = Reservation(model.key, request_id or Reservation.new_id(), tenant, input_tokens, max_output_tokens)
+    limits = applicable_limits(model, tenant)
+    args: list[str | int] = [_now_arg(now_ms), mode, reservation_ttl_ms, len(limits)]
+    for spec in limits:
+        cost = 1 if spec.counts == "requests" else tokens
+        args += [spec.name, spec.limit, spec.window_ms, spec.bucket_ms, cost]
+    reply = yield Script(
+        "acquire",
+        keys=(
+            keys.reservation(model.key, reservation.id),
+            *(_window_key(keys, model.key, spec.name, spec.tenant) for spec in limits),
+        ),
+        args=tuple(args),
+    )
+    return _decision(reply, limits, reservation, tokens, mode)
+
+
+def _decision(reply: Any, limits: Sequence[LimitSpec], reservation: Reservation, tokens: int, mode: Mode) -> Decision:
+    try:
+        status, _now, binding, wait_ms = (int(v) for v in reply[:4])
+        remaining = [int(v) for v in reply[4:]]
+    except (TypeError, ValueError) as exc:
+        raise ScriptError(f"acquire: malformed reply {reply!r}") from exc
+    if len(remaining) != len(limits) or status not in (0, 1, 2, 3, 4):
+        raise ScriptError(f"acquire: malformed reply {reply!r}")
+    named = MappingProxyType({spec.name: left for spec, left in zip(limits, remaining, strict=True) if left >= 0})
+    bound = limits[binding - 1].name if binding else None
+    if status == 3:
+        spec = limits[binding - 1]
+        raise RequestTooLargeError(
+            reservation.model_key, spec.name, 1 if spec.counts == "requests" else tokens, spec.limit
+        )
+    if status == 0:
+        return Decision(False, wait_ms / 1000, bound, named)
+    held = None if mode == "peek" else reservation
+    if status == 2:
+        return Decision(True, 0.0, None, named, held, duplicate=True)
+    return Decision(True, 0.0, None, named, held, would_deny=bound if status == 4 else None)
+
+
+def settle(
+    keys: Keys,
+    reservation: Reservation,
+    *,
+    input_tokens: int | None,
+    output_tokens: int | None,
+    release: bool = False,
+    now_ms: int | None = None,
+) -> Flow[bool]:
+    """Move each charged amount to its real value (or to 0 for a release); True if it did."""
+    if not isinstance(reservation, Reservation):
+        raise ConfigError(f"expected a Reservation, got {type(reservation).__name__}")
+    if release:
+        requests, tokens = 0, 0
+    else:
+        used_in = check_tokens("input_tokens", reservation.input_tokens if input_tokens is None else input_tokens)
+        used_out = check_tokens("output_tokens", 0 if output_tokens is None else output_tokens)
+        requests, tokens = 1, used_in + used_out
+    names = LIMIT_NAMES if reservation.tenant is not None else LIMIT_NAMES[:3]
+    args: list[str | int] = [_now_arg(now_ms), len(names)]
+    for name in names:
+        args += [name, tokens if name.endswith("tokens_per_minute") else requests]
+    reply = yield Script(
+        "settle",
+        keys=(
+            keys.reservation(reservation.model_key, reservation.id),
+            *(
+                _window_key(
+                    keys, reservation.model_key, name, reservation.tenant if name.startswith("tenant.") else None
+                )
+                for name in names
+            ),
+        ),
+        args=tuple(args),
+    )
+    try:
+        return int(reply[0]) == 1
+    except (TypeError, ValueError, IndexError) as exc:
+        raise ScriptError(f"settle: malformed reply {reply!r}") from exc

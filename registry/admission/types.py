@@ -1,0 +1,126 @@
+"""What admission hands out and takes back: limits, decisions and reservations. No I/O."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+import msgspec
+
+from registry.errors import ConfigError
+from registry.models import MAX_TAG_LENGTH, ModelSpec, RateLimit, validate_name
+
+__all__ = [
+    "LIMIT_NAMES",
+    "Decision",
+    "LimitSpec",
+    "Reservation",
+    "applicable_limits",
+    "check_tenant",
+]
+
+MINUTE_MS = 60_000
+DAY_MS = 86_400_000
+# Sub-window widths: a refused request's retry_after is exact to one bucket, never early.
+MINUTE_BUCKET_MS = 1_000  # 60 buckets per minute window
+DAY_BUCKET_MS = 900_000  # 96 buckets of 15 minutes per day window (stays a compact listpack)
+
+_FIELDS: tuple[tuple[str, str, int, int], ...] = (
+    ("requests_per_minute", "requests", MINUTE_MS, MINUTE_BUCKET_MS),
+    ("tokens_per_minute", "tokens", MINUTE_MS, MINUTE_BUCKET_MS),
+    ("requests_per_day", "requests", DAY_MS, DAY_BUCKET_MS),
+)
+# Every limit name, in the order acquire and settle pass them: the model's, then the tenant's.
+LIMIT_NAMES: tuple[str, ...] = tuple(f for f, *_ in _FIELDS) + tuple(f"tenant.{f}" for f, *_ in _FIELDS)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSpec:
+    """One limit as the scripts see it."""
+
+    name: str  # e.g. "tokens_per_minute", "tenant.requests_per_day"
+    counts: Literal["requests", "tokens"]
+    limit: int
+    window_ms: int
+    bucket_ms: int
+    tenant: str | None = None
+
+
+def check_tenant(tenant: str | None) -> str | None:
+    if tenant is None:
+        return None
+    if not isinstance(tenant, str) or tenant == "*":
+        raise ConfigError(f"tenant must be a name, got {tenant!r}")
+    try:
+        return validate_name(tenant, what="tenant", max_length=MAX_TAG_LENGTH * 2)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _specs(rate: RateLimit, prefix: str, tenant: str | None) -> list[LimitSpec]:
+    out = []
+    for name, counts, window, bucket in _FIELDS:
+        value = getattr(rate, name)
+        if value is not None:
+            out.append(LimitSpec(prefix + name, counts, value, window, bucket, tenant))  # type: ignore[arg-type]
+    return out
+
+
+def applicable_limits(model: ModelSpec, tenant: str | None) -> list[LimitSpec]:
+    """The model's own limits, then the tenant's on that model (its entry, else ``"*"``)."""
+    limits = _specs(model.rate_limit, "", None)
+    if tenant is not None:
+        rate = model.tenant_limits.get(tenant, model.tenant_limits.get("*"))
+        if rate is not None:
+            limits += _specs(rate, "tenant.", tenant)
+    return limits
+
+
+class Reservation(msgspec.Struct, frozen=True, array_like=True):
+    """What an admitted request holds until it is settled or released.
+
+    Small, picklable and serialisable (:meth:`dumps`/:meth:`loads`), so that one process
+    (a gateway) may acquire and another (a worker) settle.
+    """
+
+    model_key: str
+    id: str
+    tenant: str | None = None
+    input_tokens: int = 0
+    max_output_tokens: int = 0
+
+    @staticmethod
+    def new_id() -> str:
+        return secrets.token_hex(12)
+
+    def dumps(self) -> str:
+        return msgspec.json.encode(self).decode()
+
+    @classmethod
+    def loads(cls, data: str | bytes) -> Reservation:
+        try:
+            return msgspec.json.decode(data, type=cls)
+        except msgspec.DecodeError as exc:
+            raise ConfigError(f"not a reservation: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer to an acquire (or a peek).
+
+    ``retry_after`` is in seconds (0 when allowed): from the window contents, the time until
+    this request would fit, exact to one sub-window bucket and never early. ``remaining``
+    maps each limit's name to what is left of it after this decision. In shadow mode a
+    request is always allowed and ``would_deny`` names the limit that would have refused.
+    """
+
+    allowed: bool
+    retry_after: float = 0.0
+    denied_by: str | None = None
+    remaining: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    reservation: Reservation | None = None
+    would_deny: str | None = None
+    duplicate: bool = False

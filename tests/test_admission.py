@@ -1,0 +1,225 @@
+"""Admission through both clients: decisions, limits, reservations, and the conveniences."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import pytest
+import redis
+
+from registry import ConfigError, ModelNotFoundError
+from registry.admission.types import Decision, Reservation
+from registry.errors import RequestTooLargeError
+from registry.testing import FakeClock, use_clock
+from tests.conftest import model
+from tests.test_catalog import dump
+
+T0 = 1_000_000.0  # seconds: a minute boundary (1,000,000 s = 16,666 min + 40 s; buckets are 1 s)
+LIMITS = {"requests_per_minute": 5, "tokens_per_minute": 10_000, "requests_per_day": 20}
+
+
+@pytest.fixture
+def gated(reg: Any) -> Any:
+    reg.register_model(
+        model(
+            max_output_tokens=1000,
+            rate_limit=LIMITS,
+            tenant_limits={"*": {"requests_per_minute": 2}, "vip": {"tokens_per_minute": 3000}},
+        )
+    )
+    clock = FakeClock()
+    clock.set(T0)
+    use_clock(reg, clock)
+    reg.clock = clock
+    return reg
+
+
+def test_admits_until_a_limit_then_refuses_with_retry_after(gated: Any) -> None:
+    for left in (4, 3, 2, 1, 0):
+        decision = gated.acquire("openai:gpt-4", 500, 500)
+        assert decision.allowed
+        assert decision.remaining["requests_per_minute"] == left
+        assert decision.reservation is not None
+        gated.clock.advance(0.1)
+    assert decision.remaining["tokens_per_minute"] == 5000
+    assert decision.remaining["requests_per_day"] == 15
+    refused = gated.acquire("openai:gpt-4", 500, 500)
+    assert not refused.allowed
+    assert refused.denied_by == "requests_per_minute"
+    assert refused.reservation is None
+    # the first request sits in bucket [T0, T0+1): it leaves the window at T0 + 61; now is T0 + 0.5
+    assert refused.retry_after == pytest.approx(60.5)
+    gated.clock.set(T0 + 60.999)
+    assert not gated.acquire("openai:gpt-4", 1, 0).allowed
+    gated.clock.set(T0 + 61)
+    assert gated.acquire("openai:gpt-4", 1, 0).allowed
+
+
+def test_max_output_defaults_to_the_models(gated: Any) -> None:
+    decision = gated.acquire("openai:gpt-4", 2000)
+    assert decision.remaining["tokens_per_minute"] == 10_000 - 3000
+    assert decision.reservation.max_output_tokens == 1000
+
+
+def test_a_refusal_changes_nothing(gated: Any, r: redis.Redis) -> None:
+    for _ in range(5):
+        gated.acquire("openai:gpt-4", 100, 100)
+    before = dump(r)
+    assert not gated.acquire("openai:gpt-4", 100, 100).allowed
+    assert dump(r) == before
+
+
+def test_too_large_is_an_error_and_changes_nothing(gated: Any, r: redis.Redis) -> None:
+    gated.acquire("openai:gpt-4", 100, 100)
+    before = dump(r)
+    with pytest.raises(RequestTooLargeError, match="tokens_per_minute") as info:
+        gated.acquire("openai:gpt-4", 9_500, 501)
+    assert (info.value.cost, info.value.allowed) == (10_001, 10_000)
+    assert dump(r) == before
+    assert gated.acquire("openai:gpt-4", 9_000, 800).allowed  # 9,800 + 200 = the limit: fits
+
+
+def test_tenant_limits_default_and_specific(gated: Any) -> None:
+    assert gated.acquire("openai:gpt-4", 10, 10, tenant="acme").allowed
+    assert gated.acquire("openai:gpt-4", 10, 10, tenant="acme").allowed
+    refused = gated.acquire("openai:gpt-4", 10, 10, tenant="acme")
+    assert (refused.allowed, refused.denied_by) == (False, "tenant.requests_per_minute")
+    assert gated.acquire("openai:gpt-4", 10, 10, tenant="other").allowed  # its own window
+    vip = gated.acquire("openai:gpt-4", 2000, 1000, tenant="vip")
+    assert vip.remaining["tenant.tokens_per_minute"] == 0
+    assert "tenant.requests_per_minute" not in vip.remaining  # vip has its own entry, not "*"
+    assert gated.acquire("openai:gpt-4", 1, 0, tenant="vip").denied_by == "tenant.tokens_per_minute"
+    with pytest.raises(ConfigError, match="tenant"):
+        gated.acquire("openai:gpt-4", 1, 0, tenant="bad tenant")
+    with pytest.raises(ConfigError, match="tenant"):
+        gated.acquire("openai:gpt-4", 1, 0, tenant="*")
+
+
+def test_settle_refunds_into_the_same_bucket_once(gated: Any) -> None:
+    held = gated.acquire("openai:gpt-4", 4000, 4000).reservation
+    assert gated.acquire("openai:gpt-4", 1000, 1000).remaining["tokens_per_minute"] == 0
+    gated.clock.advance(30)
+    assert gated.settle(held, input_tokens=4000, output_tokens=500, success=True, latency_ms=1200) is True
+    assert gated.check_rate_limit("openai:gpt-4", 0).remaining["tokens_per_minute"] == 3500
+    assert gated.settle(held, input_tokens=4000, output_tokens=0) is False  # the second time: nothing
+    assert gated.check_rate_limit("openai:gpt-4", 0).remaining["tokens_per_minute"] == 3500
+    # the refund went to the reservation's bucket: it leaves with it, 60 s after the acquire
+    gated.clock.set(T0 + 61)
+    assert gated.check_rate_limit("openai:gpt-4", 0).remaining["tokens_per_minute"] == 10_000
+
+
+def test_settle_can_charge_more_than_reserved(gated: Any) -> None:
+    held = gated.acquire("openai:gpt-4", 1000, 1000).reservation
+    gated.settle(held, input_tokens=1000, output_tokens=3000)
+    assert gated.check_rate_limit("openai:gpt-4", 0).remaining["tokens_per_minute"] == 6000
+
+
+def test_release_gives_everything_back_once(gated: Any) -> None:
+    held = gated.acquire("openai:gpt-4", 1000, 1000, tenant="acme").reservation
+    assert gated.release(held) is True
+    peek = gated.check_rate_limit("openai:gpt-4", 0, tenant="acme")
+    assert peek.remaining == {
+        "requests_per_minute": 5,
+        "tokens_per_minute": 10_000,
+        "requests_per_day": 20,
+        "tenant.requests_per_minute": 2,
+    }
+    assert gated.release(held) is False
+    assert gated.settle(held, 1, 1) is False
+
+
+def test_a_retried_acquire_with_the_same_request_id_counts_once(gated: Any) -> None:
+    first = gated.acquire("openai:gpt-4", 100, 100, request_id="req-1")
+    again = gated.acquire("openai:gpt-4", 100, 100, request_id="req-1")
+    assert first.allowed
+    assert again.allowed
+    assert again.duplicate
+    assert again.reservation == first.reservation
+    assert gated.check_rate_limit("openai:gpt-4", 0).remaining["requests_per_minute"] == 4
+
+
+def test_check_rate_limit_consumes_nothing(gated: Any, r: redis.Redis) -> None:
+    gated.acquire("openai:gpt-4", 100, 100)
+    before = dump(r)
+    peek = gated.check_rate_limit("openai:gpt-4", 9_800)
+    assert peek.allowed
+    assert peek.reservation is None
+    assert not gated.check_rate_limit("openai:gpt-4", 9_801).allowed
+    assert dump(r) == before
+
+
+def test_reservations_pickle_and_serialise_for_another_process(gated: Any, make_registry: Any) -> None:
+    held = gated.acquire("openai:gpt-4", 1000, 1000, tenant="acme").reservation
+    assert pickle.loads(pickle.dumps(held)) == held
+    text = held.dumps()
+    assert Reservation.loads(text) == held
+    other = make_registry()
+    use_clock(other, gated.clock)
+    assert other.settle(Reservation.loads(text), 1000, 10) is True
+    assert gated.check_rate_limit("openai:gpt-4", 0).remaining["tokens_per_minute"] == 10_000 - 1010
+    with pytest.raises(ConfigError, match="not a reservation"):
+        Reservation.loads("{}")
+    with pytest.raises(ConfigError, match="expected a Reservation"):
+        gated.settle("nope")
+
+
+def test_wait_sleeps_until_admitted_or_gives_up(gated: Any) -> None:
+    for _ in range(5):
+        gated.acquire("openai:gpt-4", 10, 10)
+    gated.clock.advance(0.5)
+    started = gated.clock.now_ms
+    waited = gated.acquire("openai:gpt-4", 10, 10, wait=True, timeout=120)
+    assert waited.allowed
+    assert (gated.clock.now_ms - started) / 1000 == pytest.approx(60.5)  # slept exactly retry_after
+    for _ in range(4):  # the window holds the waited one and these four: full again
+        assert gated.acquire("openai:gpt-4", 10, 10).allowed
+    refused = gated.acquire("openai:gpt-4", 10, 10, wait=True, timeout=5)
+    assert not refused.allowed  # its retry_after is longer than the timeout: answered at once
+    assert refused.retry_after > 5
+    assert gated.clock.now_ms - started == 60_500
+    with pytest.raises(ConfigError, match="timeout"):
+        gated.acquire("openai:gpt-4", 10, 10, wait=True, timeout=-1)
+
+
+def test_shadow_mode_counts_but_never_refuses(make_registry: Any) -> None:
+    reg = make_registry(shadow=True)
+    reg.register_model(model(rate_limit={"requests_per_minute": 1}))
+    assert reg.acquire("openai:gpt-4", 1, 1).would_deny is None
+    second = reg.acquire("openai:gpt-4", 1, 1)
+    assert (second.allowed, second.would_deny) == (True, "requests_per_minute")
+    assert second.reservation is not None
+    assert reg.check_rate_limit("openai:gpt-4").remaining["requests_per_minute"] == 0
+
+
+def test_cached_denials_skip_redis_until_retry_after(make_registry: Any, r: redis.Redis) -> None:
+    reg = make_registry(cache_denials=True)
+    reg.register_model(model(rate_limit={"requests_per_minute": 1}))
+    assert reg.acquire("openai:gpt-4", 1, 1).allowed
+    refused = reg.acquire("openai:gpt-4", 1, 1)
+    assert not refused.allowed
+    calls = int(r.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+    again = reg.acquire("openai:gpt-4", 1, 1)
+    assert not again.allowed
+    assert again.denied_by == "requests_per_minute"
+    assert 0 < again.retry_after <= refused.retry_after
+    assert int(r.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)) == calls
+    assert reg.acquire("openai:gpt-4", 1, 1, tenant="t").allowed is False  # other key: asks Redis
+
+
+def test_unknown_model_and_bad_arguments(gated: Any) -> None:
+    with pytest.raises(ModelNotFoundError):
+        gated.acquire("openai:nope", 1)
+    with pytest.raises(ConfigError, match="input_tokens"):
+        gated.acquire("openai:gpt-4", -1)
+    with pytest.raises(ConfigError, match="request_id"):
+        gated.acquire("openai:gpt-4", 1, request_id="")
+    with pytest.raises(ConfigError, match="latency_ms"):
+        gated.settle(gated.acquire("openai:gpt-4", 1).reservation, latency_ms=-1)
+
+
+def test_a_model_without_limits_is_always_admitted(reg: Any) -> None:
+    reg.register_model(model())
+    decision = reg.acquire("openai:gpt-4", 10**6, 10**6)
+    assert decision == Decision(True, 0.0, None, {}, decision.reservation)
+    assert reg.settle(decision.reservation, 10, 10) is True

@@ -1,0 +1,226 @@
+"""Admission under a fleet: many real processes against one Redis, counted exactly.
+
+Also: clients with skewed clocks, workers killed between acquire and settle (every key
+they leave expires), memory per limit, and one round trip per acquire and per settle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing as mp
+import os
+import random
+import time
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aredis
+
+from registry import AsyncRegistry, Registry
+from registry.admission.types import Reservation
+from registry.testing import FakeClock, use_clock
+from tests.conftest import model
+
+PROCS = 16
+pytestmark = pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork:DeprecationWarning")
+CTX = mp.get_context("fork")
+
+
+def _fleet(target: Any, *args: Any, procs: int = PROCS) -> list[Any]:
+    barrier, results = CTX.Barrier(procs), CTX.Queue()
+    workers = [CTX.Process(target=target, args=(i, *args, barrier, results)) for i in range(procs)]
+    for w in workers:
+        w.start()
+    out = [results.get(timeout=120) for _ in workers]
+    for w in workers:
+        w.join(timeout=60)
+    results.close()
+    results.join_thread()
+    return out
+
+
+def _hammer(i: int, url: str, attempts: int, skew: float, barrier: Any, results: Any) -> None:
+    if skew:
+        real = time.time
+        time.time = lambda: real() + skew * (1 if i % 2 else -1)  # minutes apart, both ways
+    reg = Registry.from_url(url, watch=False)
+    reg.get_model("openai:gpt-4")
+    barrier.wait()
+    admitted = sum(reg.acquire("openai:gpt-4", 1, 0).allowed for _ in range(attempts))
+    reg.close()
+    results.put(admitted)
+
+
+def test_sixteen_processes_admit_exactly_the_rpm(redis_url: str) -> None:
+    reg = Registry.from_url(redis_url, watch=False)
+    reg.register_model(model(rate_limit={"requests_per_minute": 1000}))
+    admitted = _fleet(_hammer, redis_url, 150, 0.0)  # 2,400 attempts as fast as they go
+    assert sum(admitted) == 1000
+    assert reg.check_rate_limit("openai:gpt-4").remaining["requests_per_minute"] == 0
+    reg.close()
+
+
+def test_clients_with_skewed_clocks_admit_as_one(redis_url: str) -> None:
+    reg = Registry.from_url(redis_url, watch=False)
+    reg.register_model(model(rate_limit={"requests_per_minute": 300}))
+    admitted = _fleet(_hammer, redis_url, 60, 300.0, procs=8)  # clocks 10 minutes apart
+    assert sum(admitted) == 300
+    reg.close()
+
+
+def _weighted(i: int, url: str, now_ms: int, phase: int, barrier: Any, results: Any) -> None:
+    reg = Registry.from_url(url, watch=False)
+    use_clock(reg, FakeClock(now_ms))  # the same frozen instant for the whole fleet
+    rng = random.Random(i * 7919 + phase)
+    reg.get_model("openai:gpt-4")
+    barrier.wait()
+    held = []
+    for _ in range(60):
+        size = (rng.randint(100, 4000), rng.randint(0, 2000)) if phase == 1 else (1, 0)
+        decision = reg.acquire("openai:gpt-4", *size)
+        if decision.allowed:
+            held.append(decision.reservation.dumps())
+    reg.close()
+    results.put(held)
+
+
+def test_weighted_tokens_never_exceed_the_tpm_and_refunds_are_admitted_again(redis_url: str) -> None:
+    limit = 200_000
+    reg = Registry.from_url(redis_url, watch=False)
+    reg.register_model(model(rate_limit={"tokens_per_minute": limit}))
+    now = 1_700_000_000_000
+    use_clock(reg, FakeClock(now))
+    held = [Reservation.loads(text) for batch in _fleet(_weighted, redis_url, now, 1) for text in batch]
+    reserved = sum(h.input_tokens + h.max_output_tokens for h in held)
+    assert 0 < reserved <= limit
+    assert reg.check_rate_limit("openai:gpt-4").remaining["tokens_per_minute"] == limit - reserved
+    real = 0
+    for h in held:  # every request used less than it reserved
+        output = h.max_output_tokens // 3
+        assert reg.settle(h, input_tokens=h.input_tokens, output_tokens=output)
+        real += h.input_tokens + output
+    assert reg.check_rate_limit("openai:gpt-4").remaining["tokens_per_minute"] == limit - real
+    # Phase 2: one-token requests from the whole fleet take exactly the refunded capacity.
+    again = sum(len(batch) for batch in _fleet(_weighted, redis_url, now, 2, procs=PROCS))
+    if limit - real <= PROCS * 60:
+        assert again == limit - real
+    assert reg.check_rate_limit("openai:gpt-4").remaining["tokens_per_minute"] == limit - real - again
+    reg.close()
+
+
+def _die_midway(i: int, url: str, barrier: Any, results: Any) -> None:
+    reg = Registry.from_url(url, watch=False)
+    barrier.wait()
+    held = [reg.acquire("openai:gpt-4", 100, 100, tenant=f"t{i % 3}").reservation for _ in range(5)]
+    if i % 4 == 0:
+        reg.settle(held[0], 100, 10)
+    if i % 4 == 1:
+        reg.release(held[1])
+    results.put(i)
+    results.close()
+    results.join_thread()  # the report must reach the parent before the process dies
+    os._exit(0)  # killed between acquire and settle: no cleanup, no close
+
+
+def test_killed_workers_leave_no_key_without_a_ttl(redis_url: str, r: redis.Redis) -> None:
+    reg = Registry.from_url(redis_url, watch=False)
+    reg.register_model(
+        model(
+            rate_limit={"requests_per_minute": 10_000, "tokens_per_minute": 10**7, "requests_per_day": 10**6},
+            tenant_limits={"*": {"requests_per_minute": 1000, "tokens_per_minute": 10**6}},
+        )
+    )
+    _fleet(_die_midway, redis_url, procs=8)
+    admission = [k for k in r.scan_iter(match="{registry:adm:*", count=1000)]
+    assert len(admission) > 8 * 5  # windows and the unsettled reservations
+    assert all(r.pttl(k) > 0 for k in admission), [k for k in admission if r.pttl(k) <= 0]
+    everything = set(r.scan_iter(count=1000))
+    catalog = {k for k in everything if k.startswith("{registry:catalog}")}
+    assert everything == catalog | set(admission)  # nothing else, and the catalog is meant to persist
+    reg.close()
+
+
+def test_memory_per_limit_stays_small_at_a_million_tpm(redis_url: str, r: redis.Redis) -> None:
+    reg = Registry.from_url(redis_url, watch=False)
+    reg.register_model(model(rate_limit={"tokens_per_minute": 1_000_000, "requests_per_day": 10_000}))
+    clock = FakeClock(1_700_000_000_000)
+    use_clock(reg, clock)
+    for _ in range(60 * 4):  # a full minute window: every bucket holds something
+        assert reg.acquire("openai:gpt-4", 4000, 0).allowed
+        clock.advance(0.25)
+    tpm = r.memory_usage("{registry:adm:openai:gpt-4}:w:tpm")
+    assert r.hlen("{registry:adm:openai:gpt-4}:w:tpm") == 60
+    assert tpm < 2048, tpm
+    for _ in range(96):  # a full day window: 96 buckets of 15 minutes
+        reg.acquire("openai:gpt-4", 1, 0)
+        clock.advance(900)
+    assert r.hlen("{registry:adm:openai:gpt-4}:w:rpd") == 96
+    assert r.memory_usage("{registry:adm:openai:gpt-4}:w:rpd") < 4096
+    reg.close()
+
+
+class _Counting(redis.Connection):
+    sent = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        type(self).sent += 1
+        super().send_packed_command(command, check_health)
+
+
+class _AsyncCounting(aredis.Connection):
+    sent = 0
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        type(self).sent += 1
+        await super().send_packed_command(command, check_health)
+
+
+def test_one_round_trip_per_acquire_and_per_settle(redis_url: str) -> None:
+    """With the catalog copy local (the default), acquire and settle each send one command.
+
+    The watcher that keeps the copy current is stopped here, so that only the calls under
+    test are counted; with ``watch=False`` every read, acquire included, first asks Redis
+    for catalog changes (one more round trip).
+    """
+    pool = redis.ConnectionPool.from_url(redis_url, connection_class=_Counting, decode_responses=True)
+    reg = Registry(redis.Redis(connection_pool=pool), watch=True)
+    reg.register_model(
+        model(
+            rate_limit={"requests_per_minute": 100, "tokens_per_minute": 10**6},
+            tenant_limits={"*": {"requests_per_minute": 10}},
+        )
+    )
+    reg.acquire("openai:gpt-4", 1, 1)  # the catalog copy loaded, the watcher started
+    reg._stop.set()
+    reg._watcher.join(10)
+    reg.settle(reg.acquire("openai:gpt-4", 1, 1, tenant="a").reservation, 1, 1)  # scripts, connections
+    for tenant in (None, "a"):
+        before = _Counting.sent
+        held = reg.acquire("openai:gpt-4", 10, 10, tenant=tenant).reservation
+        assert _Counting.sent - before == 1
+        before = _Counting.sent
+        assert reg.settle(held, 10, 5)
+        assert _Counting.sent - before == 1
+    reg.close()
+    pool.disconnect()
+
+    async def main() -> None:
+        apool = aredis.ConnectionPool.from_url(redis_url, connection_class=_AsyncCounting, decode_responses=True)
+        areg = AsyncRegistry(aredis.Redis(connection_pool=apool), watch=True)
+        await areg.acquire("openai:gpt-4", 1, 1)
+        areg._watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await areg._watcher
+        await areg.settle((await areg.acquire("openai:gpt-4", 1, 1)).reservation, 1, 1)
+        before = _AsyncCounting.sent
+        held = (await areg.acquire("openai:gpt-4", 10, 10)).reservation
+        assert _AsyncCounting.sent - before == 1
+        before = _AsyncCounting.sent
+        assert await areg.settle(held, 10, 5)
+        assert _AsyncCounting.sent - before == 1
+        await areg.aclose()
+        await apool.aclose()
+
+    asyncio.run(main())
