@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from registry.admission.types import Decision, Reservation
 from registry.aio import AsyncRegistry
 from registry.catalog.codec import CatalogEntry
 from registry.catalog.search import SearchQuery
@@ -13,7 +14,9 @@ from registry.errors import (
     ConfigError,
     ModelExistsError,
     ModelNotFoundError,
+    RateLimitedError,
     RegistryError,
+    RequestTooLargeError,
     RevisionConflictError,
     ScriptError,
 )
@@ -29,13 +32,17 @@ __all__ = [
     "CatalogEntry",
     "ConfigError",
     "Cost",
+    "Decision",
     "ModelExistsError",
     "ModelNotFoundError",
     "ModelSpec",
     "PriceTier",
     "RateLimit",
+    "RateLimitedError",
     "Registry",
     "RegistryError",
+    "RequestTooLargeError",
+    "Reservation",
     "RevisionConflictError",
     "ScriptError",
     "SearchQuery",

@@ -15,6 +15,7 @@ import redis.asyncio as aredis
 
 from registry import _core
 from registry._base import DEFAULT_REFRESH_INTERVAL, RegistryBase, check_url, estimate_from, log
+from registry.admission.ticket import AsyncAdmit
 from registry.admission.types import Decision, Reservation
 from registry.catalog import ops
 from registry.catalog import sync as catalog_sync
@@ -343,3 +344,29 @@ class AsyncRegistry(RegistryBase):
     async def release(self, reservation: Reservation) -> bool:
         """Give back everything a reservation holds (its request was never sent), once."""
         return await self._run(self._settle_flow(reservation, None, None, False, None, release=True))
+
+    def admit(
+        self,
+        model_key: str,
+        input_tokens: int,
+        max_output_tokens: int | None = None,
+        tenant: str | None = None,
+        request_id: str | None = None,
+        *,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> AsyncAdmit:
+        """A context manager that acquires, and settles with the real usage on exit.
+
+        Raises :class:`RateLimitedError` (with ``retry_after``) when refused; see
+        :mod:`registry.admission.ticket`.
+        """
+        kwargs = dict(
+            input_tokens=input_tokens,
+            max_output_tokens=max_output_tokens,
+            tenant=tenant,
+            request_id=request_id,
+            wait=wait,
+            timeout=timeout,
+        )
+        return AsyncAdmit(self, model_key, kwargs)

@@ -223,3 +223,138 @@ def test_a_model_without_limits_is_always_admitted(reg: Any) -> None:
     decision = reg.acquire("openai:gpt-4", 10**6, 10**6)
     assert decision == Decision(True, 0.0, None, {}, decision.reservation)
     assert reg.settle(decision.reservation, 10, 10) is True
+
+
+# -- the admit context manager -----------------------------------------------------------------
+
+
+@pytest.fixture
+def sync_reg(redis_url: str) -> Any:
+    from registry import Registry
+
+    reg = Registry.from_url(redis_url, watch=False)
+    reg.register_model(
+        model(max_output_tokens=500, rate_limit={"requests_per_minute": 10, "tokens_per_minute": 10_000})
+    )
+    yield reg
+    reg.close()
+
+
+def tpm_left(reg: Any) -> int:
+    return reg.check_rate_limit("openai:gpt-4").remaining["tokens_per_minute"]
+
+
+def test_admit_settles_the_reported_usage(sync_reg: Any) -> None:
+    with sync_reg.admit("openai:gpt-4", 1000, 2000) as ticket:
+        assert tpm_left(sync_reg) == 7000
+        ticket.usage(input_tokens=990, output_tokens=120)
+    assert tpm_left(sync_reg) == 10_000 - 1110
+    assert sync_reg.settle(ticket.reservation, 1, 1) is False  # already settled
+
+
+def test_admit_without_a_report_keeps_the_estimate(sync_reg: Any) -> None:
+    with sync_reg.admit("openai:gpt-4", 1000):
+        pass
+    assert tpm_left(sync_reg) == 10_000 - 1500  # max_output from the model: 500
+
+
+def test_a_cut_off_stream_is_charged_for_what_it_produced(sync_reg: Any) -> None:
+    def stream() -> None:
+        with sync_reg.admit("openai:gpt-4", 1000, 2000) as ticket:
+            for _ in range(3):
+                ticket.add_output(40)
+            raise ConnectionResetError("client went away")
+
+    with pytest.raises(ConnectionResetError):
+        stream()
+    assert tpm_left(sync_reg) == 10_000 - 1120
+
+
+def test_admit_release_and_refusal(sync_reg: Any) -> None:
+    from registry import RateLimitedError
+
+    with sync_reg.admit("openai:gpt-4", 1000, 2000) as ticket:
+        assert ticket.release() is True  # never sent
+    assert tpm_left(sync_reg) == 10_000
+    with sync_reg.admit("openai:gpt-4", 9000, 1000) as outer:
+        with pytest.raises(RateLimitedError) as info, sync_reg.admit("openai:gpt-4", 1, 0):
+            pass
+        outer.release()
+    assert info.value.denied_by == "tokens_per_minute"
+    assert info.value.retry_after > 0
+    with pytest.raises(ConfigError, match="tokens must be"), sync_reg.admit("openai:gpt-4", 1, 0) as ticket:
+        ticket.add_output(-1)
+
+
+def test_async_admit_settles_even_when_cancelled(redis_url: str) -> None:
+    import asyncio
+
+    from registry import AsyncRegistry
+
+    async def main() -> None:
+        reg = AsyncRegistry.from_url(redis_url, watch=False)
+        await reg.register_model(model(rate_limit={"tokens_per_minute": 10_000}))
+        streaming = asyncio.Event()
+
+        async def stream() -> None:
+            async with reg.admit("openai:gpt-4", 1000, 4000) as ticket:
+                ticket.add_output(250)
+                streaming.set()
+                await asyncio.sleep(3600)  # the client hangs up while we wait for the model
+
+        task = asyncio.create_task(stream())
+        await streaming.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert (await reg.check_rate_limit("openai:gpt-4")).remaining["tokens_per_minute"] == 10_000 - 1250
+        async with reg.admit("openai:gpt-4", 100, 100) as ticket:
+            ticket.usage(output_tokens=10)
+        assert (await reg.check_rate_limit("openai:gpt-4")).remaining["tokens_per_minute"] == 10_000 - 1250 - 110
+        async with reg.admit("openai:gpt-4", 100, 100) as ticket:
+            assert await ticket.release()
+        await reg.aclose()
+
+    asyncio.run(main())
+
+
+def test_the_window_boundary_at_59_9_and_60_1_seconds(gated: Any) -> None:
+    """A full limit at t = 59.9 s, another attempt at t = 60.1 s: refused, retry_after 59.9 s.
+
+    The exact sliding answer is 59.8 s (the 59.9 s requests leave at 119.9 s); buckets are 1 s
+    wide and a partly expired bucket counts in full, so the answer is late by at most one
+    bucket, never early: no interval of 60 s ever holds more than the limit.
+    """
+    start = T0  # t = 0
+    gated.clock.set(start + 59.9)
+    for _ in range(5):
+        assert gated.acquire("openai:gpt-4", 10, 0).allowed
+    gated.clock.set(start + 60.1)
+    refused = gated.acquire("openai:gpt-4", 10, 0)
+    assert (refused.allowed, refused.denied_by) == (False, "requests_per_minute")
+    assert refused.retry_after == pytest.approx(59.9)
+    exact = 59.8
+    assert exact <= refused.retry_after <= exact + 1.0
+    gated.clock.set(start + 60.1 + refused.retry_after - 0.001)
+    assert not gated.acquire("openai:gpt-4", 10, 0).allowed  # 1 ms early: still refused
+    gated.clock.set(start + 60.1 + refused.retry_after)
+    assert gated.acquire("openai:gpt-4", 10, 0).allowed  # at retry_after: admitted
+
+
+def test_a_limit_change_reaches_admission_within_a_second(redis_url: str) -> None:
+    import time
+
+    from registry import Registry
+
+    writer = Registry.from_url(redis_url, watch=False)
+    worker = Registry.from_url(redis_url)  # the default: a watched local copy of the catalog
+    writer.register_model(model(rate_limit={"requests_per_minute": 1}))
+    assert worker.acquire("openai:gpt-4", 1, 0).allowed
+    assert not worker.acquire("openai:gpt-4", 1, 0).allowed
+    writer.update_model("openai:gpt-4", {"rate_limit": {"requests_per_minute": 3}})
+    changed = time.monotonic()
+    while not worker.acquire("openai:gpt-4", 1, 0).allowed:
+        assert time.monotonic() - changed < 1.0, "the new limit did not reach admission within a second"
+        time.sleep(0.005)
+    worker.close()
+    writer.close()

@@ -17,13 +17,17 @@ def test_public_names() -> None:
         "CatalogEntry",
         "ConfigError",
         "Cost",
+        "Decision",
         "ModelExistsError",
         "ModelNotFoundError",
         "ModelSpec",
         "PriceTier",
         "RateLimit",
+        "RateLimitedError",
         "Registry",
         "RegistryError",
+        "RequestTooLargeError",
+        "Reservation",
         "RevisionConflictError",
         "ScriptError",
         "SearchQuery",
@@ -58,6 +62,6 @@ def test_sync_and_async_clients_have_the_same_methods_and_signatures() -> None:
 
 def test_async_twins_are_coroutines() -> None:
     for name, member in inspect.getmembers(AsyncRegistry):
-        if name.startswith("_") or name in ("from_url", "compare_versions") or not callable(member):
+        if name.startswith("_") or name in ("from_url", "compare_versions", "admit") or not callable(member):
             continue
         assert inspect.iscoroutinefunction(member), name
