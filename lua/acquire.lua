@@ -1,7 +1,8 @@
 -- acquire.lua: check every limit of a request and consume all of them, or none.
 --
 -- Sliding windows of sub-window buckets: a limit's hash maps a bucket index
--- (floor(time_ms / bucket_ms)) to what was admitted in it. At time `now` the window
+-- (floor(time_ms / bucket_ms)) to what was admitted in it, and keeps `_sum` and `_low`
+-- (the total of its live buckets and the oldest one) so that most calls read two fields. At time `now` the window
 -- (now - window_ms, now] counts every bucket that overlaps it in full, so a partly expired
 -- bucket still counts: the error only ever refuses early (by at most one bucket), never
 -- admits more than the limit in any interval of window_ms.
@@ -76,25 +77,47 @@ for i = 1, n do
   end
 end
 
--- Count each window; note the expired buckets; find how long until the request fits.
+-- Count each window. Fast path: the hash keeps `_sum` (what its live buckets hold) and
+-- `_low` (its oldest bucket); while that bucket is still in the window, nothing expired and
+-- the total is `_sum`. Otherwise (about once per bucket width) read every bucket, drop the
+-- expired ones and recount. A refusal reads the buckets to find when the request fits.
+local function buckets(l, key)
+  local flat = redis.call('HGETALL', key)
+  local live, expired, total, low = {}, {}, 0, nil
+  for j = 1, #flat, 2 do
+    if string.sub(flat[j], 1, 1) ~= '_' then
+      local index, value = tonumber(flat[j]), tonumber(flat[j + 1])
+      if (index + 1) * l.bucket <= now - l.window then
+        expired[#expired + 1] = flat[j]
+      else
+        live[#live + 1] = {index, value}
+        total = total + value
+        if not low or index < low then low = index end
+      end
+    end
+  end
+  return live, expired, total, low
+end
+
 local binding, wait = 0, 0
 for i = 1, n do
   local l = limits[i]
-  local start = now - l.window  -- buckets ending at or before this no longer count
-  local flat = redis.call('HGETALL', KEYS[1 + i])
-  local live, expired, total = {}, {}, 0
-  for j = 1, #flat, 2 do
-    local index, value = tonumber(flat[j]), tonumber(flat[j + 1])
-    if (index + 1) * l.bucket <= start then
-      expired[#expired + 1] = flat[j]
-    else
-      live[#live + 1] = {index, value}
-      total = total + value
-    end
+  local key = KEYS[1 + i]
+  local meta = redis.call('HMGET', key, '_sum', '_low')
+  local sum, low = tonumber(meta[1]), tonumber(meta[2])
+  local live = nil
+  if sum and (low == nil or (low + 1) * l.bucket > now - l.window) then
+    l.total, l.low, l.expired = sum, low, {}
+  else
+    local expired
+    live, expired, l.total, l.low = buckets(l, key)
+    l.expired, l.recount = expired, true
   end
-  l.total, l.expired = total, expired
-  local excess = total + l.cost - l.limit
+  local excess = l.total + l.cost - l.limit
   if excess > 0 then
+    if not live then
+      live = buckets(l, key)
+    end
     table.sort(live, function(a, b) return a[1] < b[1] end)
     local freed, at = 0, nil
     for _, b in ipairs(live) do
@@ -124,23 +147,23 @@ if mode ~= 'peek' and status ~= 0 then
       redis.call('HDEL', key, unpack(l.expired))
     end
     local index = math.floor(now / l.bucket)
+    local field = string.format('%d', index)
     if l.cost > 0 then
-      redis.call('HINCRBY', key, string.format('%d', index), l.cost)
+      redis.call('HINCRBY', key, field, l.cost)
     end
-    if redis.call('EXISTS', key) == 1 then
-      redis.call('PEXPIRE', key, l.window + l.bucket)
+    if l.recount then
+      redis.call('HSET', key, '_sum', string.format('%d', l.total + l.cost), '_low', string.format('%d', l.low or index))
+    elseif l.cost > 0 then
+      redis.call('HINCRBY', key, '_sum', l.cost)
+      if l.low == nil then
+        redis.call('HSET', key, '_low', field)
+      end
     end
+    redis.call('PEXPIRE', key, l.window + l.bucket)
     l.total = l.total + l.cost
-    record[#record + 1] = 'b' .. i
-    record[#record + 1] = string.format('%d', index)
-    record[#record + 1] = 'c' .. i
-    record[#record + 1] = string.format('%d', l.cost)
-    record[#record + 1] = 'k' .. i
-    record[#record + 1] = l.name
-    record[#record + 1] = 'w' .. i
-    record[#record + 1] = string.format('%d', l.window)
-    record[#record + 1] = 's' .. i
-    record[#record + 1] = string.format('%d', l.bucket)
+    -- what settle needs: limit name, bucket, amount, window and bucket width
+    record[#record + 1] = 'l' .. i
+    record[#record + 1] = l.name .. ' ' .. field .. ' ' .. string.format('%d %d %d', l.cost, l.window, l.bucket)
   end
   redis.call('HSET', KEYS[1], unpack(record))
   redis.call('PEXPIRE', KEYS[1], ttl)

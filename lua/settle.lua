@@ -1,8 +1,8 @@
 -- settle.lua: replace a reservation's estimate with what the request really used, once.
 --
--- The reservation (written by acquire.lua) names, for each limit it charged, the bucket and
--- the amount. Settling moves each amount to its real value in that same bucket (a refund or
--- an extra charge); releasing moves every amount to 0. The reservation is then deleted, so
+-- The reservation (written by acquire.lua) names, for each limit it charged (field l<i>:
+-- "name bucket amount window_ms bucket_ms"), the bucket and the amount. Settling moves each amount to its real value in that same bucket (a refund or
+-- an extra charge), and the window's `_sum` with it; releasing moves every amount to 0. The reservation is then deleted, so
 -- a second settle or release of it (a client retry) changes nothing.
 --
 -- KEYS[1]   the reservation (hash)
@@ -47,15 +47,16 @@ for j = 1, #record, 2 do
 end
 local charged = tonumber(fields['n']) or 0
 for i = 1, charged do
-  local target = by_name[fields['k' .. i]]
-  local bucket, size = tonumber(fields['b' .. i]), tonumber(fields['s' .. i])
-  local window, cost = tonumber(fields['w' .. i]), tonumber(fields['c' .. i])
+  local name, b, c, w, z = string.match(fields['l' .. i] or '', '^(%S+) (%d+) (%d+) (%d+) (%d+)$')
+  local target = by_name[name or '']
+  local bucket, cost, window, size = tonumber(b), tonumber(c), tonumber(w), tonumber(z)
   -- A limit the caller no longer passes, or a bucket that has left its window: nothing to move.
   if target and (bucket + 1) * size > now - window then
     local delta = target[2] - cost
-    if delta ~= 0 then
-      local field = string.format('%d', bucket)
-      local held = tonumber(redis.call('HGET', target[1], field) or '0')
+    local field = string.format('%d', bucket)
+    local held = tonumber(redis.call('HGET', target[1], field))
+    -- A bucket already gone (its window key expired) has nothing left to correct.
+    if delta ~= 0 and held then
       if held + delta < 0 then
         delta = -held
       end
@@ -64,9 +65,8 @@ for i = 1, charged do
       else
         redis.call('HINCRBY', target[1], field, delta)
       end
-      if redis.call('EXISTS', target[1]) == 1 then
-        redis.call('PEXPIRE', target[1], window + size)
-      end
+      redis.call('HINCRBY', target[1], '_sum', delta)  -- the live total acquire reads
+      redis.call('PEXPIRE', target[1], window + size)
     end
   end
 end
