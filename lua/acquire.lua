@@ -11,11 +11,14 @@
 -- KEYS[1+i] the window hash of limit i (i = 1..n); all keys share the model's hash tag
 -- ARGV[1]   now in ms, or "" to use the server's TIME (the testing clock hook)
 -- ARGV[2]   mode: "acquire" | "shadow" (count, never refuse) | "peek" (write nothing)
--- ARGV[3]   reservation TTL in ms
+-- ARGV[3]   reservation TTL in ms (at most 30 days)
 -- ARGV[4]   n, the number of limits
--- ARGV[5 + 5*(i-1) + 0..4] limit i: name, limit, window_ms, bucket_ms, cost
+-- ARGV[5]   this acquire's token: stored in the reservation, so that settling a handle from
+--           an earlier use of the same reservation id never touches a later one
+-- ARGV[6 + 5*(i-1) + 0..4] limit i: name, limit, window_ms, bucket_ms, cost
 --
--- returns {status, now_ms, binding, retry_after_ms, remaining_1, ..., remaining_n}
+-- returns {status, now_ms, binding, retry_after_ms, token, remaining_1, ..., remaining_n}
+--   token is the stored reservation's token for status 2, else ""
 --   status 1 admitted, 0 refused, 2 already admitted under this reservation (nothing
 --   consumed again), 3 refused for good: cost of limit `binding` exceeds the limit itself,
 --   4 shadow: admitted although limit `binding` would have refused.
@@ -23,16 +26,24 @@
 -- Bad arguments raise an error before anything is written.
 
 local n = tonumber(ARGV[4])
-if not n or n < 0 or n ~= math.floor(n) or #KEYS ~= 1 + n or #ARGV ~= 4 + 5 * n then
-  return redis.error_reply('ERR_ARGS expected n limits: 1 + n keys and 4 + 5n args')
+local MAX = 9007199254740991  -- 2^53 - 1: beyond it Lua numbers are no longer exact
+local function whole(v, low, high)
+  return v ~= nil and v == v and v >= low and v <= high and v == math.floor(v)
+end
+if not whole(n, 0, 64) or #KEYS ~= 1 + n or #ARGV ~= 5 + 5 * n then
+  return redis.error_reply('ERR_ARGS expected n limits: 1 + n keys and 5 + 5n args')
+end
+local token = ARGV[5]
+if token == '' or #token > 64 then
+  return redis.error_reply('ERR_ARGS token must be 1 to 64 characters')
 end
 local mode = ARGV[2]
 if mode ~= 'acquire' and mode ~= 'shadow' and mode ~= 'peek' then
   return redis.error_reply('ERR_ARGS unknown mode ' .. tostring(mode))
 end
 local ttl = tonumber(ARGV[3])
-if not ttl or ttl < 1 or ttl ~= math.floor(ttl) then
-  return redis.error_reply('ERR_ARGS reservation ttl must be a positive integer')
+if not whole(ttl, 1, 2592000000) then
+  return redis.error_reply('ERR_ARGS reservation ttl must be an integer from 1 to 2592000000 ms')
 end
 local now
 if ARGV[1] == '' then
@@ -40,20 +51,21 @@ if ARGV[1] == '' then
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 else
   now = tonumber(ARGV[1])
-  if not now or now < 0 or now ~= math.floor(now) then
+  if not whole(now, 0, MAX) then
     return redis.error_reply('ERR_ARGS now must be a non-negative integer (ms)')
   end
 end
 
 local limits = {}
 for i = 1, n do
-  local base = 5 + 5 * (i - 1)
+  local base = 6 + 5 * (i - 1)
   local limit, window, bucket, cost = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]),
     tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
-  for _, v in ipairs({limit, window, bucket, cost}) do
-    if not v or v < 0 or v ~= math.floor(v) or v > 9007199254740991 then
-      return redis.error_reply('ERR_ARGS limit ' .. i .. ': numbers must be integers >= 0')
-    end
+  if not (whole(limit, 0, MAX) and whole(window, 0, MAX) and whole(bucket, 0, MAX) and whole(cost, 0, MAX)) then
+    return redis.error_reply('ERR_ARGS limit ' .. i .. ': numbers must be integers >= 0')
+  end
+  if ARGV[base] == '' or string.find(ARGV[base], ' ', 1, true) then
+    return redis.error_reply('ERR_ARGS limit ' .. i .. ': bad name')
   end
   if bucket < 1 or window < bucket or window % bucket ~= 0 then
     return redis.error_reply('ERR_ARGS limit ' .. i .. ': window must be a multiple of the bucket')
@@ -62,8 +74,9 @@ for i = 1, n do
 end
 
 -- Idempotent: a retried acquire of the same reservation consumes nothing again.
-if mode ~= 'peek' and redis.call('EXISTS', KEYS[1]) == 1 then
-  local reply = {2, now, 0, 0}
+local held = mode ~= 'peek' and redis.call('HGET', KEYS[1], 'tok')
+if held then
+  local reply = {2, now, 0, 0, held}
   for i = 1, n do reply[#reply + 1] = -1 end
   return reply
 end
@@ -71,7 +84,7 @@ end
 -- Too large ever to be admitted: refuse before reading anything else.
 for i = 1, n do
   if limits[i].cost > limits[i].limit then
-    local reply = {3, now, i, -1}
+    local reply = {3, now, i, -1, ''}
     for _ = 1, n do reply[#reply + 1] = -1 end
     return reply
   end
@@ -139,7 +152,7 @@ if binding ~= 0 then
   status = (mode == 'shadow') and 4 or 0
 end
 if mode ~= 'peek' and status ~= 0 then
-  local record = {'n', n, 'at', now}
+  local record = {'n', n, 'at', now, 'tok', token}
   for i = 1, n do
     local l = limits[i]
     local key = KEYS[1 + i]
@@ -169,7 +182,7 @@ if mode ~= 'peek' and status ~= 0 then
   redis.call('PEXPIRE', KEYS[1], ttl)
 end
 
-local reply = {status, now, binding, wait}
+local reply = {status, now, binding, wait, ''}
 for i = 1, n do
   local left = limits[i].limit - limits[i].total  -- total includes the cost once consumed
   reply[#reply + 1] = left > 0 and left or 0

@@ -9,14 +9,21 @@
 -- KEYS[1+i] the window hash of limit i (i = 1..n), every limit the reservation may name
 -- ARGV[1]   now in ms, or "" to use the server's TIME (the testing clock hook)
 -- ARGV[2]   n
--- ARGV[3 + 2*(i-1) + 0..1] limit i: name, new amount (integer >= 0)
+-- ARGV[3]   the token of the acquire being settled (see acquire.lua): another token is a
+--           later reservation under the same id, which this call must leave alone
+-- ARGV[4 + 2*(i-1) + 0..1] limit i: name, new amount (integer >= 0)
 --
--- returns {1, now_ms} settled; {0, now_ms} no such reservation (settled, released or expired)
+-- returns {1, now_ms} settled; {0, now_ms} no such reservation (settled, released, expired,
+-- or since replaced by another acquire under the same id)
 -- Bad arguments raise an error before anything is written.
 
+local MAX = 9007199254740991
+local function whole(v, low, high)
+  return v ~= nil and v == v and v >= low and v <= high and v == math.floor(v)
+end
 local n = tonumber(ARGV[2])
-if not n or n < 0 or n ~= math.floor(n) or #KEYS ~= 1 + n or #ARGV ~= 2 + 2 * n then
-  return redis.error_reply('ERR_ARGS expected n limits: 1 + n keys and 2 + 2n args')
+if not whole(n, 0, 64) or #KEYS ~= 1 + n or #ARGV ~= 3 + 2 * n then
+  return redis.error_reply('ERR_ARGS expected n limits: 1 + n keys and 3 + 2n args')
 end
 local now
 if ARGV[1] == '' then
@@ -24,26 +31,26 @@ if ARGV[1] == '' then
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 else
   now = tonumber(ARGV[1])
-  if not now or now < 0 or now ~= math.floor(now) then
+  if not whole(now, 0, MAX) then
     return redis.error_reply('ERR_ARGS now must be a non-negative integer (ms)')
   end
 end
 local by_name = {}
 for i = 1, n do
-  local name, amount = ARGV[3 + 2 * (i - 1)], tonumber(ARGV[4 + 2 * (i - 1)])
-  if not amount or amount < 0 or amount ~= math.floor(amount) or amount > 9007199254740991 then
+  local name, amount = ARGV[4 + 2 * (i - 1)], tonumber(ARGV[5 + 2 * (i - 1)])
+  if not whole(amount, 0, MAX) then
     return redis.error_reply('ERR_ARGS limit ' .. i .. ': amount must be an integer >= 0')
   end
   by_name[name] = {KEYS[1 + i], amount}
 end
 
 local record = redis.call('HGETALL', KEYS[1])
-if #record == 0 then
-  return {0, now}
-end
 local fields = {}
 for j = 1, #record, 2 do
   fields[record[j]] = record[j + 1]
+end
+if #record == 0 or fields['tok'] ~= ARGV[3] then
+  return {0, now}
 end
 local charged = tonumber(fields['n']) or 0
 for i = 1, charged do
@@ -54,18 +61,21 @@ for i = 1, charged do
   if target and (bucket + 1) * size > now - window then
     local delta = target[2] - cost
     local field = string.format('%d', bucket)
-    local held = tonumber(redis.call('HGET', target[1], field))
-    -- A bucket already gone (its window key expired) has nothing left to correct.
-    if delta ~= 0 and held then
-      if held + delta < 0 then
-        delta = -held
-      end
+    local held = tonumber(redis.call('HGET', target[1], field)) or 0
+    if held + delta < 0 then
+      delta = -held  -- never below zero (a bucket already corrected by hand, say)
+    end
+    if delta ~= 0 then
       if held + delta == 0 then
         redis.call('HDEL', target[1], field)
       else
         redis.call('HINCRBY', target[1], field, delta)
       end
       redis.call('HINCRBY', target[1], '_sum', delta)  -- the live total acquire reads
+      local low = tonumber(redis.call('HGET', target[1], '_low'))
+      if held == 0 and (low == nil or bucket < low) then
+        redis.call('HSET', target[1], '_low', field)  -- a bucket made by this settle
+      end
       redis.call('PEXPIRE', target[1], window + size)
     end
   end

@@ -13,6 +13,7 @@ Admission keys, one hash tag per model (its tenants' limits share it)::
     {registry:adm:<provider>:<id>}:w:<limit>              hash  sliding-window buckets
     {registry:adm:<provider>:<id>}:t:<tenant>:w:<limit>   hash  a tenant's buckets on the model
     {registry:adm:<provider>:<id>}:r:<reservation id>     hash  what an admitted request holds
+    {registry:adm:<provider>:<id>}:t:<tenant>:r:<id>      hash  the same, for a tenant's request
 
 The whole catalog shares one hash tag, so it sits in one cluster slot and every catalog
 script touches keys of that slot only. Each model's admission keys have a tag of their own,
@@ -81,8 +82,10 @@ class Keys:
         scope = "" if tenant is None else f":t:{tenant}"
         return f"{self.admission_tag(model_key)}{scope}:w:{limit}"
 
-    def reservation(self, model_key: str, reservation_id: str) -> str:
-        return f"{self.admission_tag(model_key)}:r:{reservation_id}"
+    def reservation(self, model_key: str, reservation_id: str, tenant: str | None = None) -> str:
+        """An admitted request's record; a tenant's ids live apart from other tenants'."""
+        scope = "" if tenant is None else f":t:{tenant}"
+        return f"{self.admission_tag(model_key)}{scope}:r:{reservation_id}"
 
     def catalog_keys(self) -> tuple[str, str, str]:
         """The fixed keys every catalog write script takes first: meta, models, events."""

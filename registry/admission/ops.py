@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from types import MappingProxyType
 from typing import Any, Literal
 
-from registry._core import Flow, Script
+import msgspec
+
+from registry._core import Flow, Script, text
 from registry.admission.types import LIMIT_NAMES, Decision, LimitSpec, Reservation, applicable_limits, check_tenant
 from registry.errors import ConfigError, RequestTooLargeError, ScriptError
 from registry.keys import Keys
@@ -56,16 +58,18 @@ def acquire(
     tokens = input_tokens + max_output_tokens
     if tokens > MAX_TOKENS:
         raise ConfigError(f"input_tokens + max_output_tokens must be at most {MAX_TOKENS}")
-    reservation = Reservation(model.key, request_id or Reservation.new_id(), tenant, input_tokens, max_output_tokens)
+    reservation = Reservation(
+        model.key, request_id or Reservation.new_id(), tenant, input_tokens, max_output_tokens, Reservation.new_id()
+    )
     limits = applicable_limits(model, tenant)
-    args: list[str | int] = [_now_arg(now_ms), mode, reservation_ttl_ms, len(limits)]
+    args: list[str | int] = [_now_arg(now_ms), mode, reservation_ttl_ms, len(limits), reservation.token]
     for spec in limits:
         cost = 1 if spec.counts == "requests" else tokens
         args += [spec.name, spec.limit, spec.window_ms, spec.bucket_ms, cost]
     reply = yield Script(
         "acquire",
         keys=(
-            keys.reservation(model.key, reservation.id),
+            keys.reservation(model.key, reservation.id, tenant),
             *(_window_key(keys, model.key, spec.name, spec.tenant) for spec in limits),
         ),
         args=tuple(args),
@@ -73,10 +77,15 @@ def acquire(
     return _decision(reply, limits, reservation, tokens, mode)
 
 
+def _with_token(reservation: Reservation, token: str) -> Reservation:
+    return msgspec.structs.replace(reservation, token=token)
+
+
 def _decision(reply: Any, limits: Sequence[LimitSpec], reservation: Reservation, tokens: int, mode: Mode) -> Decision:
     try:
         status, _now, binding, wait_ms = (int(v) for v in reply[:4])
-        remaining = [int(v) for v in reply[4:]]
+        stored = text(reply[4])
+        remaining = [int(v) for v in reply[5:]]
     except (TypeError, ValueError) as exc:
         raise ScriptError(f"acquire: malformed reply {reply!r}") from exc
     if len(remaining) != len(limits) or status not in (0, 1, 2, 3, 4):
@@ -91,8 +100,8 @@ def _decision(reply: Any, limits: Sequence[LimitSpec], reservation: Reservation,
     if status == 0:
         return Decision(False, wait_ms / 1000, bound, named)
     held = None if mode == "peek" else reservation
-    if status == 2:
-        return Decision(True, 0.0, None, named, held, duplicate=True)
+    if status == 2:  # the handle of the acquire that holds this id
+        return Decision(True, 0.0, None, named, _with_token(reservation, stored), duplicate=True)
     return Decision(True, 0.0, None, named, held, would_deny=bound if status == 4 else None)
 
 
@@ -115,13 +124,13 @@ def settle(
         used_out = check_tokens("output_tokens", 0 if output_tokens is None else output_tokens)
         requests, tokens = 1, used_in + used_out
     names = LIMIT_NAMES if reservation.tenant is not None else LIMIT_NAMES[:3]
-    args: list[str | int] = [_now_arg(now_ms), len(names)]
+    args: list[str | int] = [_now_arg(now_ms), len(names), reservation.token or "-"]
     for name in names:
         args += [name, tokens if name.endswith("tokens_per_minute") else requests]
     reply = yield Script(
         "settle",
         keys=(
-            keys.reservation(reservation.model_key, reservation.id),
+            keys.reservation(reservation.model_key, reservation.id, reservation.tenant),
             *(
                 _window_key(
                     keys, reservation.model_key, name, reservation.tenant if name.startswith("tenant.") else None

@@ -91,6 +91,8 @@ class Reservation(msgspec.Struct, frozen=True, array_like=True):
     tenant: str | None = None
     input_tokens: int = 0
     max_output_tokens: int = 0
+    # Which acquire under this id: a stale handle (the id since reused) settles nothing.
+    token: str = ""
 
     @staticmethod
     def new_id() -> str:
