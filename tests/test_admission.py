@@ -358,3 +358,14 @@ def test_a_limit_change_reaches_admission_within_a_second(redis_url: str) -> Non
         time.sleep(0.005)
     worker.close()
     writer.close()
+
+
+def test_every_key_of_a_model_shares_its_slot(gated: Any, r: redis.Redis) -> None:
+    from redis.crc import key_slot
+
+    held = gated.acquire("openai:gpt-4", 10, 10, tenant="acme", request_id="x").reservation
+    gated.acquire("openai:gpt-4", 10, 10, tenant="vip")
+    keys = [k for k in r.keys("*") if not k.startswith("{registry:catalog}")]
+    assert len(keys) == 1 + 3 + 1 + 1 + 1  # 2 reservations, model windows, 2 tenant windows
+    assert len({key_slot(k.encode()) for k in keys}) == 1
+    assert f"{{registry:adm:openai:gpt-4}}:t:acme:r:{held.id}" in keys
