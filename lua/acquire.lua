@@ -64,7 +64,7 @@ for i = 1, n do
   if not (whole(limit, 0, MAX) and whole(window, 0, MAX) and whole(bucket, 0, MAX) and whole(cost, 0, MAX)) then
     return redis.error_reply('ERR_ARGS limit ' .. i .. ': numbers must be integers >= 0')
   end
-  if ARGV[base] == '' or string.find(ARGV[base], ' ', 1, true) then
+  if ARGV[base] == '' or string.find(ARGV[base], '%s') then
     return redis.error_reply('ERR_ARGS limit ' .. i .. ': bad name')
   end
   if bucket < 1 or window < bucket or window % bucket ~= 0 then

@@ -7,6 +7,10 @@ if every limit's total + cost <= limit, and then each limit is charged in its cu
 (expired buckets are dropped at that moment). Its retry_after is found by brute force: the
 first instant, among those at which a bucket leaves the window, where the request fits.
 
+A reservation is held under its model, tenant and request id, and by the token of the acquire
+that made it: a settle or release with another token (a stale handle, its id since reused)
+changes nothing. The reference learns each token from the real decision (it is random).
+
 A hypothesis state machine drives a real :class:`Registry` (on the test redis-server, with an
 injected :class:`FakeClock`) and the reference through the same random operations, and
 compares every reply and the whole window and reservation state after every step.
@@ -17,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import pytest
 import redis
 from hypothesis import HealthCheck, settings
@@ -90,8 +95,10 @@ def window_key(model_key: str, name: str, tenant: str | None) -> str:
     return f"{adm_tag(model_key)}{scope}:w:{short}"
 
 
-def reservation_key(model_key: str, request_id: str) -> str:
-    return f"{adm_tag(model_key)}:r:{request_id}"
+def reservation_key(model_key: str, request_id: str, tenant: str | None) -> str:
+    """A tenant's request ids live apart from other tenants' (and from untenanted ones)."""
+    scope = f":t:{tenant}" if tenant is not None else ""
+    return f"{adm_tag(model_key)}{scope}:r:{request_id}"
 
 
 def limits_for(model_key: str, tenant: str | None) -> list[Limit]:
@@ -144,6 +151,7 @@ class Held:
     at: int
     charges: list[Charge]
     admission: Admission
+    token: str = ""  # the acquire's token, random: learnt from the real decision
 
 
 @dataclass
@@ -207,11 +215,13 @@ class Reference:
         remaining = [max(limit.limit - t, 0) for limit, t in zip(limits, totals, strict=True)]
         return status, binding, wait, remaining
 
-    def settle(self, now: int, res_key: str, targets: dict[str, tuple[str, int]]) -> bool:
-        """Move each charged amount to ``targets[name]``'s amount; False if nothing is held."""
-        held = self.reservations.pop(res_key, None)
-        if held is None:
+    def settle(self, now: int, res_key: str, token: str, targets: dict[str, tuple[str, int]]) -> bool:
+        """Move each charged amount to ``targets[name]``'s amount; False if nothing is held
+        under ``res_key`` by the acquire of ``token``."""
+        held = self.reservations.get(res_key)
+        if held is None or held.token != token:
             return False
+        del self.reservations[res_key]
         for charge in held.charges:
             target = targets.get(charge.name)
             if target is None or not live(charge.index, charge.bucket, charge.window, now):
@@ -301,30 +311,53 @@ def redis_windows(r: redis.Redis) -> dict[str, dict[int, int]]:
         pipe.hgetall(key)
     for key, fields in zip(keys, pipe.execute(), strict=True):
         held = {int(i): int(v) for i, v in fields.items() if not i.startswith("_")}
-        if "_sum" in fields:
-            assert int(fields["_sum"]) == sum(held.values()), (key, fields)
-        if "_low" in fields and held:
-            assert int(fields["_low"]) <= min(held), (key, fields)
+        # _sum is the total of the buckets, _low at or below the oldest (equal unless a settle
+        # emptied it since): while _low is in the window nothing has expired, _sum is the total.
+        assert "_sum" in fields, (key, fields)
+        assert int(fields["_sum"]) == sum(held.values()), (key, fields)
         if held:
+            assert "_low" in fields, (key, fields)
+            assert int(fields["_low"]) <= min(held), (key, fields)
             out[key] = held
     return out
 
 
+def check_fast_path(r: redis.Redis, ref: Reference, now: int) -> None:
+    """Where acquire would trust ``_sum`` (``_low`` still in the window), it is the live total."""
+    for key, buckets in ref.windows.items():
+        sample = next(lim for a in ref.admissions for k, lim in a.limits.items() if k == key)
+        total, low = r.hmget(key, "_sum", "_low")
+        if total is not None and (low is None or live(int(low), sample.bucket, sample.window, now)):
+            assert int(total) == ref.total(sample, now), (key, total, low, buckets)
+
+
 def redis_reservations(r: redis.Redis) -> dict[str, dict[str, str]]:
-    keys = r.keys("{registry:adm:*}:r:*")
+    keys = r.keys("{registry:adm:*}*:r:*")
     pipe = r.pipeline(transaction=False)
     for key in keys:
         pipe.hgetall(key)
-    return {
-        key: {f: v for f, v in fields.items() if f in ("n", "at")}
-        for key, fields in zip(keys, pipe.execute(), strict=True)
-    }
+    return dict(zip(keys, pipe.execute(), strict=True))
 
 
 def reference_reservations(ref: Reference) -> dict[str, dict[str, str]]:
-    """Which reservations are held, with their ``n`` and ``at`` (the per-limit fields' encoding
-    is pinned by test_admission_scripts.py, not here)."""
-    return {key: {"n": str(len(held.charges)), "at": str(held.at)} for key, held in ref.reservations.items()}
+    """Which reservations are held, whole: ``n``, ``at``, the token ``tok`` and per charged limit
+    ``l<i>`` = "name bucket amount window_ms bucket_ms" (as test_admission_scripts.py pins it)."""
+    return {
+        key: {
+            "n": str(len(held.charges)),
+            "at": str(held.at),
+            "tok": held.token,
+            **{
+                f"l{i}": f"{c.name} {c.index} {c.cost} {c.window} {c.bucket}"
+                for i, c in enumerate(held.charges, start=1)
+            },
+        }
+        for key, held in ref.reservations.items()
+    }
+
+
+def without_token(reservation: Reservation) -> Reservation:
+    return msgspec.structs.replace(reservation, token="")
 
 
 def settle_targets(reservation: Reservation, requests: int, tokens: int) -> dict[str, tuple[str, int]]:
@@ -364,7 +397,7 @@ class Harness:
         limits = limits_for(model_key, tenant)
         out = max_output if max_output is not None else MODELS[model_key].get("max_output_tokens") or 0
         tokens = input_tokens + out
-        res_key = reservation_key(model_key, request_id) if request_id is not None else PENDING
+        res_key = reservation_key(model_key, request_id, tenant) if request_id is not None else PENDING
         expected = self.ref.acquire(self.now, res_key, limits, costs_of(limits, tokens))
         if expected[0] == 3:
             with pytest.raises(RequestTooLargeError) as info:
@@ -377,14 +410,24 @@ class Harness:
         if request_id is None and decision.reservation is not None:
             # The client drew the id: admit it in the reference under that key after the fact.
             assert expected[0] == 1
-            held = self.ref.reservations.pop(PENDING)
-            self.ref.reservations[reservation_key(model_key, decision.reservation.id)] = held
+            res_key = reservation_key(model_key, decision.reservation.id, tenant)
+            assert res_key not in self.ref.reservations
+            self.ref.reservations[res_key] = self.ref.reservations.pop(PENDING)
         check_decision(decision, expected, limits)
         if decision.reservation is not None:
-            assert decision.reservation == Reservation(model_key, decision.reservation.id, tenant, input_tokens, out)
+            got = decision.reservation
+            assert without_token(got) == Reservation(model_key, got.id, tenant, input_tokens, out)
+            assert isinstance(got.token, str)
+            assert 0 < len(got.token) <= 64
+            held = self.ref.reservations[res_key]
+            if expected[0] == 2:
+                assert got.token == held.token  # the handle of the acquire that holds the id
+            else:
+                assert all(got.token != h.token for h in self.handed)  # a fresh token
+                held.token = got.token
             if request_id is not None:
-                assert decision.reservation.id == request_id
-            self.handed.append(decision.reservation)
+                assert got.id == request_id
+            self.handed.append(got)
         self.last_wait = expected[2] if expected[0] == 0 else None
         return decision
 
@@ -402,15 +445,16 @@ class Harness:
     def settle(self, reservation: Reservation, input_tokens: int | None, output_tokens: int | None) -> bool:
         used_in = reservation.input_tokens if input_tokens is None else input_tokens
         tokens = used_in + (output_tokens or 0)
-        res_key = reservation_key(reservation.model_key, reservation.id)
-        expected = self.ref.settle(self.now, res_key, settle_targets(reservation, 1, tokens))
+        res_key = reservation_key(reservation.model_key, reservation.id, reservation.tenant)
+        targets = settle_targets(reservation, 1, tokens)
+        expected = self.ref.settle(self.now, res_key, reservation.token, targets)
         got = self.reg.settle(reservation, input_tokens, output_tokens)
         assert got is expected
         return got
 
     def release(self, reservation: Reservation) -> bool:
-        res_key = reservation_key(reservation.model_key, reservation.id)
-        expected = self.ref.settle(self.now, res_key, settle_targets(reservation, 0, 0))
+        res_key = reservation_key(reservation.model_key, reservation.id, reservation.tenant)
+        expected = self.ref.settle(self.now, res_key, reservation.token, settle_targets(reservation, 0, 0))
         got = self.reg.release(reservation)
         assert got is expected
         return got
@@ -418,6 +462,7 @@ class Harness:
     def check_state(self) -> None:
         assert redis_windows(self.r) == {k: v for k, v in self.ref.windows.items() if v}
         assert redis_reservations(self.r) == reference_reservations(self.ref)
+        check_fast_path(self.r, self.ref, self.now)
         self.ref.check_every_interval()
 
 
@@ -454,11 +499,15 @@ class AdmissionMachine(RuleBasedStateMachine):
     def acquire(
         self, model_key: str, tenant: str | None, input_tokens: int, max_output: int | None, request_id: str | None
     ) -> None:
-        # A request id names one tenant's request: ids reused across tenants are a known hazard
-        # (see test_a_request_id_reused_by_another_tenant_*), kept out of the comparison.
-        if request_id is not None:
-            request_id = f"{tenant or '-'}.{request_id}"
+        # The few ids are shared by every tenant and model, and reused after a settle or release.
         self.harness.acquire(model_key, input_tokens, max_output, tenant, request_id)
+
+    @precondition(lambda self: self.h is not None and bool(self.h.handed))
+    @rule(pick=st.integers(0, 1_000), input_tokens=tokens_st, max_output=st.none() | tokens_st)
+    def retry(self, pick: int, input_tokens: int, max_output: int | None) -> None:
+        """A client retry: the id (and tenant) of a request admitted before, held or not."""
+        held = self.harness.handed[pick % len(self.harness.handed)]
+        self.harness.acquire(held.model_key, input_tokens, max_output, held.tenant, held.id)
 
     @rule(
         model_key=st.sampled_from(MODEL_KEYS),
@@ -483,9 +532,14 @@ class AdmissionMachine(RuleBasedStateMachine):
         input_tokens=st.none() | tokens_st,
         output_tokens=st.none() | tokens_st,
         twice=st.booleans(),
+        handle=st.sampled_from(["same", "copy", "forged"]),
     )
-    def settle(self, pick: int, input_tokens: int | None, output_tokens: int | None, twice: bool) -> None:
+    def settle(self, pick: int, input_tokens: int | None, output_tokens: int | None, twice: bool, handle: str) -> None:
         reservation = self.harness.handed[pick % len(self.harness.handed)]
+        if handle == "copy":  # as another process would have it
+            reservation = Reservation.loads(reservation.dumps())
+        elif handle == "forged":  # a token no acquire drew: settles nothing
+            reservation = msgspec.structs.replace(reservation, token="forged")
         self.harness.settle(reservation, input_tokens, output_tokens)
         if twice:
             assert self.harness.settle(reservation, input_tokens, output_tokens) is False
@@ -639,52 +693,97 @@ def test_reference_refuses_what_would_overflow_a_window() -> None:
     ref.check_every_interval()
 
 
-# -- request ids shared by tenants -----------------------------------------------------------------
-# A reservation's key is the model and the request id, not the tenant, and its record names the
-# limits it charged but not their window keys: settle finds the keys from the tenant of the
-# Reservation object it is given. Two tenants using the same request id therefore collide.
+# -- request ids shared by tenants, and reused ---------------------------------------------------
+# A reservation's key is the model, the tenant and the request id, and its record holds the token
+# of the acquire that made it: two tenants' requests under one id are two reservations, and a
+# handle whose id has since been reused (by a later acquire) settles nothing.
 
 CLAUDE = "anthropic:claude-3"
+GPT = "openai:gpt-4"  # every tenant has the "*" limit on it: tenant.requests_per_minute = 3
 
 
-@pytest.mark.xfail(strict=True, reason="a request id held by one tenant admits another tenant's request for free")
 def test_a_request_id_reused_by_another_tenant_is_charged_to_that_tenant(redis_url: str, r: redis.Redis) -> None:
+    acme_tpm = window_key(CLAUDE, "tenant.tokens_per_minute", "acme")
+    beta_rpm = window_key(CLAUDE, "tenant.requests_per_minute", "beta")
+    model_tpm = window_key(CLAUDE, "tokens_per_minute", None)
+    second = BASE_MS // 1_000
     reg = Registry.from_url(redis_url, watch=False)
     try:
         reg.register_models(list(MODELS.values()))
         use_clock(reg, FakeClock(BASE_MS))
-        assert reg.acquire(CLAUDE, 10, 0, "acme", "req-1").allowed
-        # beta may make 2 requests a minute ("*"): its third must be refused.
-        decisions = [reg.acquire(CLAUDE, 10, 0, "beta", "req-1") for _ in range(3)]
-        assert [d.duplicate for d in decisions] == [False, False, False]
-        assert [d.allowed for d in decisions] == [True, True, False]
+        acme = reg.acquire(CLAUDE, 10, 0, "acme", "req-1")
+        assert acme.allowed
+        assert not acme.duplicate
+        # beta may make 2 requests a minute ("*"): its own req-1 is admitted and charged to beta.
+        beta = reg.acquire(CLAUDE, 20, 0, "beta", "req-1")
+        assert beta.allowed
+        assert not beta.duplicate
+        assert acme.reservation is not None
+        assert beta.reservation is not None
+        assert acme.reservation.token != beta.reservation.token
+        assert r.exists(reservation_key(CLAUDE, "req-1", "acme"), reservation_key(CLAUDE, "req-1", "beta")) == 2
+        assert buckets_of(r, acme_tpm) == {second: 10}
+        assert buckets_of(r, beta_rpm) == {second: 1}
+        assert buckets_of(r, model_tpm) == {second: 30}
+        # A retry of beta's req-1 is beta's duplicate (with beta's token); beta's next is its
+        # second request, its third is refused.
+        again = reg.acquire(CLAUDE, 20, 0, "beta", "req-1")
+        assert again.duplicate
+        assert again.reservation == beta.reservation
+        assert [reg.acquire(CLAUDE, 20, 0, "beta", f"req-{i}").allowed for i in (2, 3)] == [True, False]
+        assert buckets_of(r, beta_rpm) == {second: 2}
+        # Each settles its own: acme's settle moves acme's windows only.
+        assert reg.settle(acme.reservation, 10, 90) is True
+        assert buckets_of(r, acme_tpm) == {second: 100}
+        assert buckets_of(r, model_tpm) == {second: 140}
+        assert r.exists(reservation_key(CLAUDE, "req-1", "beta")) == 1
+        assert reg.release(beta.reservation) is True
+        assert buckets_of(r, beta_rpm) == {second: 1}
+        assert buckets_of(r, model_tpm) == {second: 120}
+        assert reg.release(acme.reservation) is False  # settled already
     finally:
         reg.close()
 
 
-@pytest.mark.xfail(strict=True, reason="a stale release moves amounts in the windows of the tenant it names")
-def test_a_repeated_release_after_the_id_was_reused_changes_nothing(redis_url: str, r: redis.Redis) -> None:
-    gpt = "openai:gpt-4"  # every tenant has the "*" limit: tenant.requests_per_minute = 3
-    acme_rpm = window_key(gpt, "tenant.requests_per_minute", "acme")
-    beta_rpm = window_key(gpt, "tenant.requests_per_minute", "beta")
+@pytest.mark.parametrize("reuser", ["beta", "acme"])
+def test_a_repeated_release_after_the_id_was_reused_changes_nothing(
+    redis_url: str, r: redis.Redis, reuser: str
+) -> None:
+    acme_rpm = window_key(GPT, "tenant.requests_per_minute", "acme")
+    beta_rpm = window_key(GPT, "tenant.requests_per_minute", "beta")
+    second = BASE_MS // 1_000
     reg = Registry.from_url(redis_url, watch=False)
     try:
         reg.register_models(list(MODELS.values()))
         use_clock(reg, FakeClock(BASE_MS))
-        first = reg.acquire(gpt, 10, 0, "acme", "req-1").reservation
+        first = reg.acquire(GPT, 10, 0, "acme", "req-1").reservation
         assert first is not None
         assert reg.release(first) is True
-        assert reg.acquire(gpt, 10, 0, "beta", "req-1").allowed  # the id is free again
-        assert reg.acquire(gpt, 10, 0, "acme").allowed  # another acme request, in flight
-        before = {key: buckets_of(r, key) for key in (acme_rpm, beta_rpm)}
-        assert before == {acme_rpm: {BASE_MS // 1_000: 1}, beta_rpm: {BASE_MS // 1_000: 1}}
-        # A client retry of the first release: documented as a no-op. It returns True, deletes
-        # beta's reservation (beta's charge can no longer be given back) and takes acme's in-flight
-        # request out of acme's window.
+        reused = reg.acquire(GPT, 10, 0, reuser, "req-1")  # the id is free again
+        assert reused.allowed
+        assert not reused.duplicate
+        assert reused.reservation is not None
+        assert reused.reservation.token != first.token
+        assert reg.acquire(GPT, 10, 0, "acme").allowed  # another acme request, in flight
+        expected = {acme_rpm: {second: 2 if reuser == "acme" else 1}, beta_rpm: {second: 1} if reuser == "beta" else {}}
+        before = redis_dump(r)
+        assert {key: buckets_of(r, key) for key in (acme_rpm, beta_rpm)} == expected
+        # A client retry of the first release: a no-op, whoever reused the id.
         assert reg.release(first) is False
-        assert {key: buckets_of(r, key) for key in (acme_rpm, beta_rpm)} == before
+        assert reg.settle(first, 10, 500) is False
+        assert redis_dump(r) == before
+        # The new reservation is intact: its own handle releases it.
+        assert reg.release(reused.reservation) is True
+        expected[acme_rpm if reuser == "acme" else beta_rpm][second] -= 1
+        assert {key: buckets_of(r, key) for key in (acme_rpm, beta_rpm)} == {
+            key: {i: v for i, v in held.items() if v} for key, held in expected.items()
+        }
     finally:
         reg.close()
+
+
+def redis_dump(r: redis.Redis) -> dict[str, dict[str, str]]:
+    return {key: r.hgetall(key) for key in sorted(r.keys("{registry:adm:*}*"))}
 
 
 def buckets_of(r: redis.Redis, key: str) -> dict[int, int]:
