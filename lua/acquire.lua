@@ -26,10 +26,7 @@
 -- Bad arguments raise an error before anything is written.
 
 local n = tonumber(ARGV[4])
-local MAX = 9007199254740991  -- 2^53 - 1: beyond it Lua numbers are no longer exact
-local function whole(v, low, high)
-  return v ~= nil and v == v and v >= low and v <= high and v == math.floor(v)
-end
+--! include common
 if not whole(n, 0, 64) or #KEYS ~= 1 + n or #ARGV ~= 5 + 5 * n then
   return redis.error_reply('ERR_ARGS expected n limits: 1 + n keys and 5 + 5n args')
 end
@@ -45,15 +42,9 @@ local ttl = tonumber(ARGV[3])
 if not whole(ttl, 1, 2592000000) then
   return redis.error_reply('ERR_ARGS reservation ttl must be an integer from 1 to 2592000000 ms')
 end
-local now
-if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-else
-  now = tonumber(ARGV[1])
-  if not whole(now, 0, MAX) then
-    return redis.error_reply('ERR_ARGS now must be a non-negative integer (ms)')
-  end
+local now, bad_now = clock(ARGV[1])
+if not now then
+  return bad_now
 end
 
 local limits = {}

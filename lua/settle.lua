@@ -17,23 +17,14 @@
 -- or since replaced by another acquire under the same id)
 -- Bad arguments raise an error before anything is written.
 
-local MAX = 9007199254740991
-local function whole(v, low, high)
-  return v ~= nil and v == v and v >= low and v <= high and v == math.floor(v)
-end
+--! include common
 local n = tonumber(ARGV[2])
 if not whole(n, 0, 64) or #KEYS ~= 1 + n or #ARGV ~= 3 + 2 * n then
   return redis.error_reply('ERR_ARGS expected n limits: 1 + n keys and 3 + 2n args')
 end
-local now
-if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-else
-  now = tonumber(ARGV[1])
-  if not whole(now, 0, MAX) then
-    return redis.error_reply('ERR_ARGS now must be a non-negative integer (ms)')
-  end
+local now, bad_now = clock(ARGV[1])
+if not now then
+  return bad_now
 end
 local by_name = {}
 for i = 1, n do

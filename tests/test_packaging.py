@@ -18,6 +18,7 @@ import registry, registry.scripts as scripts, registry._resources as res
 assert registry.__file__.startswith(sys.argv[1]), registry.__file__
 assert str(scripts.lua_dir()).startswith(sys.argv[1]), scripts.lua_dir()
 assert scripts.load("catalog_write").source.startswith("-- catalog_write.lua")
+assert all("--! include" not in scripts.load(name).source for name in scripts.names())  # lib/ shipped
 assert str(res.data_file("models.json")).startswith(sys.argv[1])
 print(len(scripts.names()))
 """

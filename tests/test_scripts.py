@@ -93,3 +93,12 @@ def test_bad_arguments_fail_before_any_write(r: redis.Redis, models: list[str], 
     with pytest.raises(redis.ResponseError, match=message):
         call(r, models, args)
     assert dump(r) == before
+
+
+def test_shared_fragments_are_inlined_once_per_script() -> None:
+    common = (scripts.lua_dir() / "lib" / "common.lua").read_text()
+    for name in ("acquire", "settle"):
+        source = scripts.load(name).source
+        assert "--! include" not in source
+        assert source.count("local function clock(") == 1
+        assert common.strip() in source

@@ -1,0 +1,23 @@
+-- lib/common.lua: helpers of the admission scripts, inlined at their include line
+-- by registry/scripts.py when it loads them.
+
+local MAX = 9007199254740991  -- 2^53 - 1: beyond it Lua numbers are no longer exact
+
+-- A whole number in [low, high] (false for nil, NaN and infinities).
+local function whole(v, low, high)
+  return v ~= nil and v == v and v >= low and v <= high and v == math.floor(v)
+end
+
+-- Now in ms: the testing clock hook's value if one is given, else Redis' TIME.
+-- Returns nil and an error reply for a bad value.
+local function clock(given)
+  if given == '' then
+    local t = redis.call('TIME')
+    return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  local now = tonumber(given)
+  if not whole(now, 0, MAX) then
+    return nil, redis.error_reply('ERR_ARGS now must be a non-negative integer (ms)')
+  end
+  return now
+end
