@@ -650,3 +650,14 @@ def test_settle_arguments_at_their_bounds(r: redis.Redis) -> None:
     assert r.eval(scripts.load("settle").source, 2, HELD, RPM, NOW, 1, HELD_TOKEN, "requests_per_minute", MAX)[0] == 1
     assert buckets(r, RPM) == {str(SEC - 61): "1", str(SEC - 1): str(MAX + 1)}
     check_bookkeeping(r, RPM)
+
+
+@pytest.mark.parametrize("real", [120, 0], ids=["settle", "release"])
+def test_the_same_settle_or_release_call_sent_twice_counts_once(r: redis.Redis, real: int) -> None:
+    """redis-py may send a command again after a timeout: the byte-identical repeat is a no-op."""
+    acquire(r, [rpm(), tpm(300)])
+    amounts = [(RPM, "requests_per_minute", 1 if real else 0), (TPM, "tokens_per_minute", real)]
+    assert settle(r, amounts) == [1, NOW]
+    after_first = dump(r)
+    assert settle(r, amounts) == [0, NOW]
+    assert dump(r) == after_first
