@@ -107,8 +107,10 @@ local binding, wait = 0, 0
 for i = 1, n do
   local l = limits[i]
   local key = KEYS[1 + i]
-  local meta = redis.call('HMGET', key, '_sum', '_low')
+  l.field = string.format('%d', math.floor(now / l.bucket))
+  local meta = redis.call('HMGET', key, '_sum', '_low', l.field)
   local sum, low = tonumber(meta[1]), tonumber(meta[2])
+  l.current = tonumber(meta[3]) or 0  -- the current bucket never expires, even in a recount
   local live = nil
   if sum and (low == nil or (low + 1) * l.bucket > now - l.window) then
     l.total, l.low, l.expired = sum, low, {}
@@ -150,18 +152,21 @@ if mode ~= 'peek' and status ~= 0 then
     if #l.expired > 0 then
       redis.call('HDEL', key, unpack(l.expired))
     end
-    local index = math.floor(now / l.bucket)
-    local field = string.format('%d', index)
+    local field = l.field
+    -- One write for the bucket and the bookkeeping: every value here is below 2^53 (limits
+    -- are at most 10^12), so Lua's arithmetic on them is exact.
+    local writes = {}
     if l.cost > 0 then
-      redis.call('HINCRBY', key, field, l.cost)
+      writes = {field, string.format('%d', l.current + l.cost), '_sum', string.format('%d', l.total + l.cost)}
+    elseif l.recount then
+      writes = {'_sum', string.format('%d', l.total)}
     end
-    if l.recount then
-      redis.call('HSET', key, '_sum', string.format('%d', l.total + l.cost), '_low', string.format('%d', l.low or index))
-    elseif l.cost > 0 then
-      redis.call('HINCRBY', key, '_sum', l.cost)
-      if l.low == nil then
-        redis.call('HSET', key, '_low', field)
-      end
+    if l.recount or (l.cost > 0 and l.low == nil) then
+      writes[#writes + 1] = '_low'
+      writes[#writes + 1] = l.low and string.format('%d', l.low) or field
+    end
+    if #writes > 0 then
+      redis.call('HSET', key, unpack(writes))
     end
     redis.call('PEXPIRE', key, l.window + l.bucket)
     l.total = l.total + l.cost
