@@ -20,6 +20,8 @@ from registry.catalog.search import SearchQuery
 from registry.catalog.snapshot import Snapshot
 from registry.errors import ConfigError
 from registry.keys import DEFAULT_NAMESPACE, Keys
+from registry.ledger import ops as ledger
+from registry.ledger.ops import UsageRecord
 from registry.models import ModelSpec, parse_model_key
 from registry.scripts import LuaScript, load
 from registry.versions import compare_versions as _compare_versions
@@ -66,6 +68,7 @@ class RegistryBase:
         self.cache_denials = cache_denials
         self._denials: dict[tuple[str, str | None], tuple[float, Decision]] = {}
         self._test_clock: Callable[[], int] | None = None  # see registry.testing.use_clock
+        self._offset_ms = 0  # the server's clock minus ours, learned from the ledger's replies
         self._sleep: Callable[[float], None] = time.sleep
         self._asleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
@@ -168,6 +171,38 @@ class RegistryBase:
             release=release,
             now_ms=self._now_ms(),
         )
+
+    # -- ledger, shared by both clients --------------------------------------------------------
+
+    def _record_flow(
+        self,
+        snapshot: Snapshot,
+        model_key: str,
+        input_tokens: int,
+        output_tokens: int,
+        success: bool,
+        latency_ms: float | None,
+        tenant: str | None,
+        request_id: str | None,
+    ) -> Flow[UsageRecord]:
+        return ledger.record(
+            self.keys,
+            snapshot.get(self._key(model_key)),
+            input_tokens,
+            output_tokens,
+            success=success,
+            latency_ms=latency_ms,
+            tenant=tenant,
+            request_id=request_id,
+            now_ms=self._now_ms(),
+            predicted_ms=int(time.time() * 1000) + self._offset_ms,
+        )
+
+    def _learned(self, record: UsageRecord) -> UsageRecord:
+        """Remember how far the server's clock is from ours, to name time buckets right first time."""
+        if self._test_clock is None:
+            self._offset_ms = record.server_ms - int(time.time() * 1000)
+        return record
 
     @staticmethod
     def compare_versions(a: str, b: str) -> int:

@@ -25,6 +25,7 @@ from registry.catalog.snapshot import Snapshot
 from registry.catalog.sync import SyncPlan
 from registry.errors import ModelNotFoundError, map_redis_errors
 from registry.keys import DEFAULT_NAMESPACE
+from registry.ledger.ops import UsageRecord
 from registry.models import ModelSpec
 
 __all__ = ["AsyncRegistry"]
@@ -370,3 +371,25 @@ class AsyncRegistry(RegistryBase):
             timeout=timeout,
         )
         return AsyncAdmit(self, model_key, kwargs)
+
+    # -- ledger ---------------------------------------------------------------------------------
+
+    async def record_usage(
+        self,
+        model_key: str,
+        input_tokens: int,
+        output_tokens: int,
+        success: bool = True,
+        latency_ms: float | None = None,
+        tenant: str | None = None,
+        request_id: str | None = None,
+    ) -> UsageRecord:
+        """Add one request's tokens, exact cost, outcome and latency to the ledger, atomically.
+
+        With a ``request_id`` it counts once however often it is sent (24 h memory); the
+        result says whether this call was the one that counted.
+        """
+        flow = self._record_flow(
+            (await self._catalog()), model_key, input_tokens, output_tokens, success, latency_ms, tenant, request_id
+        )
+        return self._learned(await self._run(flow))

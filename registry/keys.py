@@ -14,6 +14,9 @@ Admission keys, one hash tag per model (its tenants' limits share it)::
     {registry:adm:<provider>:<id>}:t:<tenant>:w:<limit>   hash  a tenant's buckets on the model
     {registry:adm:<provider>:<id>}:r:<reservation id>     hash  what an admitted request holds
     {registry:adm:<provider>:<id>}:t:<tenant>:r:<id>      hash  the same, for a tenant's request
+    {registry:adm:<provider>:<id>}[:t:<tenant>]:l:total   hash  ledger counters, all time
+    {registry:adm:<provider>:<id>}[:t:<tenant>]:l:m:<n>   hash  ... of UTC minute n (also h:, d:)
+    {registry:adm:<provider>:<id>}:l:id:<request id>      string a recorded request id (24 h)
 
 The whole catalog shares one hash tag, so it sits in one cluster slot and every catalog
 script touches keys of that slot only. Each model's admission keys have a tag of their own,
@@ -86,6 +89,16 @@ class Keys:
         """An admitted request's record; a tenant's ids live apart from other tenants'."""
         scope = "" if tenant is None else f":t:{tenant}"
         return f"{self.admission_tag(model_key)}{scope}:r:{reservation_id}"
+
+    def usage_marker(self, model_key: str, request_id: str) -> str:
+        """Marks a request id as recorded (expires): recording it again counts nothing."""
+        return f"{self.admission_tag(model_key)}:l:id:{request_id}"
+
+    def ledger(self, model_key: str, period: str, index: int | None = None, tenant: str | None = None) -> str:
+        """A ledger hash: ``period`` "total", or "m"/"h"/"d" with the UTC bucket ``index``."""
+        scope = "" if tenant is None else f":t:{tenant}"
+        suffix = "total" if period == "total" else f"{period}:{index}"
+        return f"{self.admission_tag(model_key)}{scope}:l:{suffix}"
 
     def catalog_keys(self) -> tuple[str, str, str]:
         """The fixed keys every catalog write script takes first: meta, models, events."""

@@ -1,0 +1,110 @@
+"""Recording usage as a flow (see :mod:`registry._core`): one script call, idempotent by id."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from registry._core import Flow, Script
+from registry.admission.types import check_tenant
+from registry.errors import ConfigError, ScriptError
+from registry.keys import Keys
+from registry.ledger.money import to_units
+from registry.models import ModelSpec
+from registry.pricing import check_tokens, estimate
+
+__all__ = ["LATENCY_EDGES_MS", "UsageRecord", "record"]
+
+# Histogram bucket upper edges (ms) of the latency counters `lat_le_<edge>` (and `lat_le_inf`).
+LATENCY_EDGES_MS = (50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
+REQUEST_ID_TTL_MS = 24 * 3_600_000
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """What :meth:`record_usage` did: ``recorded`` False means the request id was seen before."""
+
+    recorded: bool
+    cost: Decimal
+    cost_units: int
+    server_ms: int
+
+    @property
+    def duplicate(self) -> bool:
+        return not self.recorded
+
+
+def usage_fields(
+    input_tokens: int, output_tokens: int, success: bool, latency_ms: float | None, cost_units: int
+) -> list[tuple[str, int]]:
+    """The counters one request adds to, and by how much."""
+    fields = [
+        ("requests", 1),
+        ("successes" if success else "failures", 1),
+        ("input_tokens", input_tokens),
+        ("output_tokens", output_tokens),
+        ("cost_units", cost_units),
+    ]
+    if latency_ms is not None:
+        edge = next((e for e in LATENCY_EDGES_MS if latency_ms <= e), None)
+        fields += [
+            ("latency_us_sum", round(latency_ms * 1000)),
+            ("latency_count", 1),
+            (f"lat_le_{edge if edge is not None else 'inf'}", 1),
+        ]
+    return [(name, by) for name, by in fields if by]  # a zero adds nothing: leave it out
+
+
+def record(
+    keys: Keys,
+    model: ModelSpec,
+    input_tokens: int,
+    output_tokens: int,
+    *,
+    success: bool = True,
+    latency_ms: float | None = None,
+    tenant: str | None = None,
+    request_id: str | None = None,
+    now_ms: int | None = None,
+    predicted_ms: int,
+) -> Flow[UsageRecord]:
+    """Add one request's usage to the model's (and the tenant's) counters, once per id.
+
+    The time-bucket keys are named from ``predicted_ms`` (the client's idea of the server's
+    clock); the script checks them against its own time and, when they disagree (a skewed
+    client, a minute boundary), answers with its time so that the call is made again once.
+    """
+    input_tokens = check_tokens("input_tokens", input_tokens)
+    output_tokens = check_tokens("output_tokens", output_tokens)
+    tenant = check_tenant(tenant)
+    if latency_ms is not None and (isinstance(latency_ms, bool) or not 0 <= latency_ms <= 86_400_000):
+        raise ConfigError(f"latency_ms must be a number from 0 to 86400000, got {latency_ms!r}")
+    if request_id is not None and (not isinstance(request_id, str) or not 0 < len(request_id) <= 128):
+        raise ConfigError(f"request_id must be a string of 1 to 128 characters, got {request_id!r}")
+    cost = estimate(model.cost, input_tokens, output_tokens)
+    units = to_units(cost)
+    pairs: list[str | int] = []
+    for field, by in usage_fields(input_tokens, output_tokens, bool(success), latency_ms, units):
+        pairs += [field, by]
+    at = predicted_ms if now_ms is None else now_ms
+    for _ in range(2):
+        indexes = (at // 60_000, at // 3_600_000, at // 86_400_000)
+        scopes = [None] if tenant is None else [None, tenant]
+        ledger_keys = [
+            keys.ledger(model.key, period, index, scope)
+            for scope in scopes
+            for period, index in (("total", None), ("m", indexes[0]), ("h", indexes[1]), ("d", indexes[2]))
+        ]
+        reply = yield Script(
+            "record_usage",
+            keys=(keys.usage_marker(model.key, request_id or "-"), *ledger_keys),
+            args=("" if now_ms is None else now_ms, *indexes, REQUEST_ID_TTL_MS, "1" if request_id else "0", *pairs),
+        )
+        try:
+            status, server_ms = int(reply[0]), int(reply[1])
+        except (TypeError, ValueError, IndexError) as exc:
+            raise ScriptError(f"record_usage: malformed reply {reply!r}") from exc
+        if status != 2:
+            return UsageRecord(status == 1, cost, units, server_ms)
+        at = server_ms
+    raise ScriptError("record_usage: the server's clock moved past a bucket twice; try again")

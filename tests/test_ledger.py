@@ -1,0 +1,167 @@
+"""Recording usage: exact counters, idempotency by request id, one clock, no overflow."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import random
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import redis
+
+from registry import BackendError, Registry
+from registry.keys import Keys
+from registry.ledger.money import from_units, to_units
+from registry.pricing import estimate
+from tests.conftest import model
+from tests.test_catalog import dump
+
+K = Keys()
+TOTAL = K.ledger("openai:gpt-4", "total")
+
+
+def counters(r: redis.Redis, key: str) -> dict[str, int]:
+    return {k: int(v) for k, v in r.hgetall(key).items()}
+
+
+def test_a_record_adds_hand_computed_counters(reg: Any, r: redis.Redis) -> None:
+    reg.register_model(model())  # $30 / $60 per M
+    first = reg.record_usage("openai:gpt-4", 1000, 500, latency_ms=820.5, tenant="acme")
+    # 1,000 x 30/M + 500 x 60/M = 0.03 + 0.03 = $0.06 = 60,000,000 nano-dollars
+    assert (first.recorded, first.cost, first.cost_units) == (True, Decimal("0.06"), 60_000_000)
+    reg.record_usage("openai:gpt-4", 10, 0, success=False, latency_ms=70_000)
+    reg.record_usage("openai:gpt-4", 1, 1)  # no latency
+    expected = {
+        "requests": 3,
+        "successes": 2,
+        "failures": 1,
+        "input_tokens": 1011,
+        "output_tokens": 501,
+        # $0.06 + 10 x $30/M ($0.0003) + 1 x $30/M + 1 x $60/M ($0.00009), in nano-dollars
+        "cost_units": 60_000_000 + 300_000 + 90_000,
+        "latency_us_sum": 820_500 + 70_000_000,
+        "latency_count": 2,
+        "lat_le_1000": 1,
+        "lat_le_inf": 1,
+    }
+    assert counters(r, TOTAL) == expected
+    tenant = counters(r, K.ledger("openai:gpt-4", "total", tenant="acme"))
+    assert tenant["requests"] == 1
+    assert tenant["cost_units"] == 60_000_000
+    buckets = [k for k in r.keys("*:l:*") if ":l:m:" in k or ":l:h:" in k or ":l:d:" in k]
+    assert len(buckets) == 6  # minute, hour and day, for the model and for acme
+    assert all(r.pttl(k) > 0 for k in buckets)
+    assert r.pttl(TOTAL) == -1  # all-time totals are kept
+
+
+def test_a_request_id_counts_once(reg: Any, r: redis.Redis) -> None:
+    reg.register_model(model())
+    assert reg.record_usage("openai:gpt-4", 100, 100, request_id="req-7").recorded
+    before = dump(r)
+    again = reg.record_usage("openai:gpt-4", 100, 100, request_id="req-7")
+    assert again.duplicate
+    assert dump(r) == before
+    assert 0 < r.pttl(K.usage_marker("openai:gpt-4", "req-7")) <= 24 * 3_600_000
+
+
+def test_a_skewed_client_clock_still_lands_in_the_servers_buckets(redis_url: str, r: redis.Redis) -> None:
+    reg = Registry.from_url(redis_url, watch=False)
+    reg.register_model(model())
+    reg._offset_ms = -10 * 60_000  # this client believes it is 10 minutes earlier
+    record = reg.record_usage("openai:gpt-4", 1, 1)
+    minute = record.server_ms // 60_000
+    assert counters(r, K.ledger("openai:gpt-4", "m", minute))["requests"] == 1
+    assert abs(reg._offset_ms) < 60_000  # learned from the reply
+    assert not r.exists(K.ledger("openai:gpt-4", "m", minute - 10))
+    reg.close()
+
+
+def test_counters_near_2_to_the_63_fail_cleanly_and_near_2_to_the_53_stay_exact(reg: Any, r: redis.Redis) -> None:
+    reg.register_model(model())
+    near53 = 2**53 + 1  # a double cannot hold this; Redis' integers can
+    r.hset(TOTAL, mapping={"cost_units": near53, "input_tokens": 0})
+    record = reg.record_usage("openai:gpt-4", 1000, 0)
+    assert int(r.hget(TOTAL, "cost_units")) == near53 + record.cost_units
+    r.hset(TOTAL, "cost_units", 2**63 - 10)
+    before = dump(r)
+    with pytest.raises(BackendError, match="would overflow; nothing recorded"):
+        reg.record_usage("openai:gpt-4", 1000, 0, request_id="big")
+    assert dump(r) == before  # every counter undone, and the id is free to be sent again
+
+
+def test_bad_arguments(reg: Any) -> None:
+    from registry import ConfigError
+
+    reg.register_model(model())
+    for kwargs in ({"latency_ms": -1}, {"request_id": ""}, {"tenant": "a b"}):
+        with pytest.raises(ConfigError):
+            reg.record_usage("openai:gpt-4", 1, 1, **kwargs)
+    with pytest.raises(ConfigError, match="input_tokens"):
+        reg.record_usage("openai:gpt-4", -1, 1)
+
+
+MODELS = [
+    model(id="gpt-4"),
+    model(provider="anthropic", id="claude", cost={"input": "3", "output": "15"}),
+    model(provider="x", id="tiny", cost={"input": "1.0000000000000001e-07", "output": "3e-07", "per": 1}),
+]
+TENANTS = [None, "acme", "beta"]
+
+
+def _records(seed: int, count: int) -> list[tuple[str, int, int, str | None, str]]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(count):
+        m = rng.choice(MODELS)
+        out.append(
+            (
+                f"{m['provider']}:{m['id']}",
+                rng.randint(0, 50_000),
+                rng.randint(0, 8_000),
+                rng.choice(TENANTS),
+                f"{seed}-{i}",
+            )
+        )
+    return out
+
+
+def _writer(seed: int, url: str, count: int, results: Any) -> None:
+    reg = Registry.from_url(url)
+    rng = random.Random(seed + 1)
+    for key, inp, out, tenant, rid in _records(seed, count):
+        reg.record_usage(key, inp, out, tenant=tenant, request_id=rid)
+        if rng.random() < 0.1:  # a retry of the same request
+            assert reg.record_usage(key, inp, out, tenant=tenant, request_id=rid).duplicate
+    reg.close()
+    results.put(seed)
+
+
+@pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork:DeprecationWarning")
+def test_sixteen_processes_record_exact_totals(redis_url: str, r: redis.Redis) -> None:
+    reg = Registry.from_url(redis_url, watch=False)
+    reg.register_models(MODELS)
+    procs, count = 16, 250
+    ctx = mp.get_context("fork")
+    results = ctx.Queue()
+    workers = [ctx.Process(target=_writer, args=(seed, redis_url, count, results)) for seed in range(procs)]
+    for w in workers:
+        w.start()
+    assert sorted(results.get(timeout=120) for _ in workers) == list(range(procs))
+    for w in workers:
+        w.join(30)
+    results.close()
+    results.join_thread()
+    specs = {f"{m['provider']}:{m['id']}": reg.get_model(f"{m['provider']}:{m['id']}") for m in MODELS}
+    for key, spec in specs.items():
+        rows = [rec for seed in range(procs) for rec in _records(seed, count) if rec[0] == key]
+        exact = sum((estimate(spec.cost, i, o) for _, i, o, _, _ in rows), Decimal(0))
+        total = counters(r, K.ledger(key, "total"))
+        assert total["requests"] == len(rows)
+        assert total["input_tokens"] == sum(i for _, i, _, _, _ in rows)
+        assert total["cost_units"] == sum(to_units(estimate(spec.cost, i, o)) for _, i, o, _, _ in rows)
+        assert abs(from_units(total["cost_units"]) - exact) <= Decimal(len(rows)) / 2 / 10**9
+        for tenant in ("acme", "beta"):
+            mine = [rec for rec in rows if rec[3] == tenant]
+            assert counters(r, K.ledger(key, "total", tenant=tenant)).get("requests", 0) == len(mine)
+    reg.close()
