@@ -20,6 +20,8 @@ from registry.errors import (
     RevisionConflictError,
     ScriptError,
 )
+from registry.ledger.ops import UsageRecord
+from registry.ledger.stats import Statistics, UsageTotals
 from registry.models import Capability, Cost, ModelSpec, PriceTier, RateLimit, Status, parse_model_key
 
 __version__ = "0.1.0"
@@ -46,8 +48,11 @@ __all__ = [
     "RevisionConflictError",
     "ScriptError",
     "SearchQuery",
+    "Statistics",
     "Status",
     "SyncPlan",
+    "UsageRecord",
+    "UsageTotals",
     "__version__",
     "parse_model_key",
 ]

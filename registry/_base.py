@@ -204,6 +204,11 @@ class RegistryBase:
             self._offset_ms = record.server_ms - int(time.time() * 1000)
         return record
 
+    def _models_for(self, snapshot: Snapshot, model: str | None, provider: str | None) -> list[ModelSpec]:
+        if model is not None:
+            return [snapshot.get(self._key(model))]
+        return snapshot.search(SearchQuery.build(provider=provider))
+
     @staticmethod
     def compare_versions(a: str, b: str) -> int:
         """-1, 0 or 1 as version ``a`` sorts before, equal to or after ``b`` (semver rules)."""

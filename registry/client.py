@@ -6,6 +6,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
@@ -16,7 +17,7 @@ import redis
 from registry import _core
 from registry._base import DEFAULT_REFRESH_INTERVAL, RegistryBase, check_url, estimate_from, log
 from registry.admission.ticket import Admit
-from registry.admission.types import Decision, Reservation
+from registry.admission.types import Decision, Reservation, check_tenant
 from registry.catalog import ops
 from registry.catalog import sync as catalog_sync
 from registry.catalog.codec import CatalogEntry
@@ -25,7 +26,9 @@ from registry.catalog.snapshot import Snapshot
 from registry.catalog.sync import SyncPlan
 from registry.errors import ModelNotFoundError, map_redis_errors
 from registry.keys import DEFAULT_NAMESPACE
+from registry.ledger import stats as ledger_stats
 from registry.ledger.ops import UsageRecord
+from registry.ledger.stats import Statistics
 from registry.models import ModelSpec
 
 __all__ = ["Registry"]
@@ -392,3 +395,25 @@ class Registry(RegistryBase):
             self._catalog(), model_key, input_tokens, output_tokens, success, latency_ms, tenant, request_id
         )
         return self._learned(self._run(flow))
+
+    def get_statistics(
+        self,
+        model: str | None = None,
+        tenant: str | None = None,
+        since: datetime | float | None = None,
+        until: datetime | float | None = None,
+        *,
+        provider: str | None = None,
+        currency: str = "USD",
+    ) -> Statistics:
+        """Ledger totals (cost, tokens, requests, outcomes), overall and ``by_model``.
+
+        For one model, one provider's models, or every model; for one tenant or everyone;
+        over all time or ``since``..``until`` (UTC hour or day buckets); in one round trip.
+        """
+        models = self._models_for(self._catalog(), model, provider)
+        return self._run(
+            ledger_stats.statistics(
+                self.keys, models, tenant=check_tenant(tenant), since=since, until=until, currency=currency.upper()
+            )
+        )

@@ -31,8 +31,11 @@ def test_public_names() -> None:
         "RevisionConflictError",
         "ScriptError",
         "SearchQuery",
+        "Statistics",
         "Status",
         "SyncPlan",
+        "UsageRecord",
+        "UsageTotals",
         "__version__",
         "parse_model_key",
     ]

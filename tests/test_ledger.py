@@ -165,3 +165,50 @@ def test_sixteen_processes_record_exact_totals(redis_url: str, r: redis.Redis) -
             mine = [rec for rec in rows if rec[3] == tenant]
             assert counters(r, K.ledger(key, "total", tenant=tenant)).get("requests", 0) == len(mine)
     reg.close()
+
+
+def test_statistics_match_hand_computed_totals(reg: Any) -> None:
+    from registry.testing import FakeClock, use_clock
+
+    reg.register_models(
+        [
+            model(),  # $30 / $60 per M
+            model(provider="anthropic", id="claude", cost={"input": "3", "output": "15"}),
+            model(provider="custom", id="eur", cost={"input": "1", "output": "1", "currency": "EUR"}),
+        ]
+    )
+    day = 20_000 * 86_400  # a UTC midnight, in seconds
+    clock = FakeClock()
+    clock.set(day + 10 * 3600)
+    use_clock(reg, clock)
+    reg.record_usage("openai:gpt-4", 1000, 500, tenant="acme", latency_ms=400)  # $0.06
+    reg.record_usage("anthropic:claude", 2000, 1000, success=False, tenant="beta", latency_ms=1200)  # $0.021
+    reg.record_usage("custom:eur", 1000, 1000)  # EUR 0.002
+    clock.advance(86_400)
+    reg.record_usage("openai:gpt-4", 100, 100, tenant="acme")  # $0.003 + $0.006
+
+    stats = reg.get_statistics()
+    assert (stats.currency, stats.total_cost) == ("USD", Decimal("0.090"))
+    assert (stats.requests, stats.successes, stats.failures) == (3, 2, 1)
+    assert (stats.input_tokens, stats.output_tokens) == (3100, 1600)
+    assert stats.mean_latency_ms == 800.0
+    assert stats.success_rate == 2 / 3
+    assert stats.by_model["custom:eur"].total_cost == Decimal("0.002")
+    assert stats.by_model["custom:eur"].currency == "EUR"
+    assert stats.by_model["openai:gpt-4"].requests == 2
+    assert reg.get_statistics(currency="eur").total_cost == Decimal("0.002")
+    assert reg.get_statistics(tenant="acme").total_cost == Decimal("0.069")
+    assert reg.get_statistics(model="openai:gpt-4").total_cost == Decimal("0.069")
+    assert reg.get_statistics(provider="anthropic").total_cost == Decimal("0.021")
+    first_day = reg.get_statistics(since=day, until=day + 86_399)
+    assert (first_day.total_cost, first_day.requests) == (Decimal("0.081"), 2)
+    morning = reg.get_statistics(since=day + 10 * 3600, until=day + 10 * 3600 + 60)
+    assert morning.total_cost == Decimal("0.081")
+    long_range = reg.get_statistics(since=day - 200 * 86_400, until=day + 2 * 86_400)  # day buckets
+    assert long_range.total_cost == Decimal("0.090")
+    from registry import ConfigError
+
+    with pytest.raises(ConfigError, match="both since and until"):
+        reg.get_statistics(since=day)
+    with pytest.raises(ConfigError, match="before since"):
+        reg.get_statistics(since=day, until=day - 1)
