@@ -19,6 +19,7 @@
 --         after now_ms and call again. A counter that would overflow raises an error after
 --         undoing what this call added.
 --! include common
+--! include ledger
 
 if (#KEYS ~= 5 and #KEYS ~= 9) or #ARGV < 6 or #ARGV % 2 ~= 0 then
   return redis.error_reply('ERR_ARGS expected 5 or 9 keys and 6 + 2k args')
@@ -34,48 +35,21 @@ end
 if ARGV[6] ~= '0' and ARGV[6] ~= '1' then
   return redis.error_reply('ERR_ARGS has-id flag must be 0 or 1')
 end
-local pairs_ = {}
-for j = 7, #ARGV, 2 do
-  local field, by = ARGV[j], ARGV[j + 1]
-  if field == '' or not string.match(by, '^%-?%d+$') or #by > 19 then
-    return redis.error_reply('ERR_ARGS increment ' .. tostring(field) .. ' must be an integer')
-  end
-  pairs_[#pairs_ + 1] = {field, by}
+local pairs_, bad_pairs = usage_pairs(7, #ARGV)
+if not pairs_ then
+  return bad_pairs
 end
-local minute, hour, day = math.floor(now / 60000), math.floor(now / 3600000), math.floor(now / 86400000)
-if tonumber(ARGV[2]) ~= minute or tonumber(ARGV[3]) ~= hour or tonumber(ARGV[4]) ~= day then
+if not buckets_match(now, ARGV[2], ARGV[3], ARGV[4]) then
   return {2, now}
 end
 if ARGV[6] == '1' and not redis.call('SET', KEYS[1], now, 'NX', 'PX', ttl) then
   return {0, now}
 end
-
--- Add everything; on an overflow undo what was added and fail.
-local done = {}
-for k = 2, #KEYS do
-  for _, p in ipairs(pairs_) do
-    local ok = redis.pcall('HINCRBY', KEYS[k], p[1], p[2])
-    if type(ok) == 'table' and ok.err then
-      for _, d in ipairs(done) do
-        local by = d[3]
-        if by ~= '0' then  -- Redis refuses "-0"
-          redis.call('HINCRBY', d[1], d[2], string.sub(by, 1, 1) == '-' and string.sub(by, 2) or '-' .. by)
-        end
-      end
-      if ARGV[6] == '1' then
-        redis.call('DEL', KEYS[1])
-      end
-      return redis.error_reply('ERR_OVERFLOW ' .. p[1] .. ' of ' .. KEYS[k] .. ' would overflow; nothing recorded')
-    end
-    done[#done + 1] = {KEYS[k], p[1], p[2]}
+local failed = add_usage(2, #KEYS, pairs_)
+if failed then
+  if ARGV[6] == '1' then
+    redis.call('DEL', KEYS[1])  -- nothing was recorded: the id may be sent again
   end
-end
--- Buckets expire: minutes after 2 days, hours after 90 days, days after 2 years.
-local keep = {0, 172800000, 7776000000, 63072000000}
-for k = 3, #KEYS do
-  local slot = ((k - 2) % 4) + 1
-  if slot ~= 1 then
-    redis.call('PEXPIRE', KEYS[k], keep[slot])
-  end
+  return failed
 end
 return {1, now}

@@ -1,9 +1,11 @@
 -- settle.lua: replace a reservation's estimate with what the request really used, once.
 --
 -- The reservation (written by acquire.lua) names, for each limit it charged (field l<i>:
--- "name bucket amount window_ms bucket_ms"), the bucket and the amount. Settling moves each amount to its real value in that same bucket (a refund or
--- an extra charge), and the window's `_sum` with it; releasing moves every amount to 0. The reservation is then deleted, so
--- a second settle or release of it (a client retry) changes nothing.
+-- "name bucket amount window_ms bucket_ms"), the bucket and the amount. Settling moves each
+-- amount to its real value in that same bucket (a refund or an extra charge), and the
+-- window's `_sum` with it; releasing moves every amount to 0. A settle may also add the
+-- request's usage to the model's ledger (lib/ledger.lua) in the same call. The reservation is
+-- then deleted, so a second settle or release of it (a client retry) changes nothing.
 --
 -- KEYS[1]   the reservation (hash)
 -- KEYS[1+i] the window hash of limit i (i = 1..n), every limit the reservation may name
@@ -12,19 +14,40 @@
 -- ARGV[3]   the token of the acquire being settled (see acquire.lua): another token is a
 --           later reservation under the same id, which this call must leave alone
 -- ARGV[4 + 2*(i-1) + 0..1] limit i: name, new amount (integer >= 0)
+-- Optionally, to record the usage too (KEYS[2+n..] the ledger's total, minute, hour and day
+-- hashes of the model, and of the tenant: 4 or 8 keys):
+-- ARGV[4 + 2n]       "ledger"
+-- ARGV[5 + 2n .. 7 + 2n] the minute, hour and day indexes the ledger keys are named after
+-- ARGV[8 + 2n ..]    field, increment pairs (as in record_usage.lua)
 --
 -- returns {1, now_ms} settled; {0, now_ms} no such reservation (settled, released, expired,
--- or since replaced by another acquire under the same id)
+-- or since replaced by another acquire under the same id); {2, now_ms} the ledger keys are
+-- not named after the server's clock: nothing done, call again with keys named after now_ms
 -- Bad arguments raise an error before anything is written.
 
 --! include common
+--! include ledger
 local n = tonumber(ARGV[2])
-if not whole(n, 0, 64) or #KEYS ~= 1 + n or #ARGV ~= 3 + 2 * n then
-  return redis.error_reply('ERR_ARGS expected n limits: 1 + n keys and 3 + 2n args')
+local plain = whole(n, 0, 64) and #KEYS == 1 + n and #ARGV == 3 + 2 * n
+local with_ledger = whole(n, 0, 64) and ARGV[4 + 2 * n] == 'ledger' and (#KEYS == 5 + n or #KEYS == 9 + n)
+  and #ARGV >= 9 + 2 * n and #ARGV % 2 == 1
+if not plain and not with_ledger then
+  return redis.error_reply('ERR_ARGS expected n limits: 1 + n keys and 3 + 2n args (+ the ledger part)')
 end
 local now, bad_now = clock(ARGV[1])
 if not now then
   return bad_now
+end
+local usage = nil
+if with_ledger then
+  local bad_pairs
+  usage, bad_pairs = usage_pairs(8 + 2 * n, #ARGV)
+  if not usage then
+    return bad_pairs
+  end
+  if not buckets_match(now, ARGV[5 + 2 * n], ARGV[6 + 2 * n], ARGV[7 + 2 * n]) then
+    return {2, now}
+  end
 end
 local by_name = {}
 for i = 1, n do
@@ -42,6 +65,12 @@ for j = 1, #record, 2 do
 end
 if #record == 0 or fields['tok'] ~= ARGV[3] then
   return {0, now}
+end
+if usage then
+  local failed = add_usage(2 + n, #KEYS, usage)  -- first: an overflow leaves everything as it was
+  if failed then
+    return failed
+  end
 end
 local charged = tonumber(fields['n']) or 0
 for i = 1, charged do

@@ -154,6 +154,7 @@ class RegistryBase:
 
     def _settle_flow(
         self,
+        snapshot: Snapshot | None,
         reservation: Reservation,
         input_tokens: int | None,
         output_tokens: int | None,
@@ -161,8 +162,10 @@ class RegistryBase:
         latency_ms: float | None,
         release: bool = False,
     ) -> Flow[bool]:
+        """Settle (recording the usage in the model's ledger, same script) or release."""
         if latency_ms is not None and (isinstance(latency_ms, bool) or not latency_ms >= 0):
             raise ConfigError(f"latency_ms must be a number >= 0, got {latency_ms!r}")
+        row = None if snapshot is None else snapshot.rows.get(getattr(reservation, "model_key", ""))
         return admission.settle(
             self.keys,
             reservation,
@@ -170,6 +173,10 @@ class RegistryBase:
             output_tokens=output_tokens,
             release=release,
             now_ms=self._now_ms(),
+            model=None if row is None else row.model,  # a model since deleted: windows only
+            success=success,
+            latency_ms=latency_ms,
+            predicted_ms=int(time.time() * 1000) + self._offset_ms,
         )
 
     # -- ledger, shared by both clients --------------------------------------------------------

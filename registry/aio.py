@@ -343,11 +343,12 @@ class AsyncRegistry(RegistryBase):
         latency_ms: float | None = None,
     ) -> bool:
         """Replace the reserved estimate with the real counts, once; False if already settled."""
-        return await self._run(self._settle_flow(reservation, input_tokens, output_tokens, success, latency_ms))
+        flow = self._settle_flow(await self._catalog(), reservation, input_tokens, output_tokens, success, latency_ms)
+        return await self._run(flow)
 
     async def release(self, reservation: Reservation) -> bool:
         """Give back everything a reservation holds (its request was never sent), once."""
-        return await self._run(self._settle_flow(reservation, None, None, False, None, release=True))
+        return await self._run(self._settle_flow(None, reservation, None, None, False, None, release=True))
 
     def admit(
         self,

@@ -342,11 +342,12 @@ class Registry(RegistryBase):
         latency_ms: float | None = None,
     ) -> bool:
         """Replace the reserved estimate with the real counts, once; False if already settled."""
-        return self._run(self._settle_flow(reservation, input_tokens, output_tokens, success, latency_ms))
+        flow = self._settle_flow(self._catalog(), reservation, input_tokens, output_tokens, success, latency_ms)
+        return self._run(flow)
 
     def release(self, reservation: Reservation) -> bool:
         """Give back everything a reservation holds (its request was never sent), once."""
-        return self._run(self._settle_flow(reservation, None, None, False, None, release=True))
+        return self._run(self._settle_flow(None, reservation, None, None, False, None, release=True))
 
     def admit(
         self,

@@ -132,12 +132,20 @@ def test_killed_workers_leave_no_key_without_a_ttl(redis_url: str, r: redis.Redi
         )
     )
     _fleet(_die_midway, redis_url, procs=8)
-    admission = [k for k in r.scan_iter(match="{registry:adm:*", count=1000)]
-    assert len(admission) > 8 * 5  # windows and the unsettled reservations
+    model_keys = set(r.scan_iter(match="{registry:adm:*", count=1000))
+    # What is meant to last: the catalog, and the ledger's all-time totals of settled requests.
+    totals = {k for k in model_keys if k.endswith(":l:total")}
+    assert totals == {"{registry:adm:openai:gpt-4}:l:total"} | {
+        f"{{registry:adm:openai:gpt-4}}:t:t{i}:l:total"
+        for i in (0, 1)
+        if any(j % 4 == 0 and j % 3 == i for j in range(8))
+    }
+    admission = model_keys - totals
+    assert len(admission) > 8 * 5  # windows, the unsettled reservations and the ledger's buckets
     assert all(r.pttl(k) > 0 for k in admission), [k for k in admission if r.pttl(k) <= 0]
     everything = set(r.scan_iter(count=1000))
     catalog = {k for k in everything if k.startswith("{registry:catalog}")}
-    assert everything == catalog | set(admission)  # nothing else, and the catalog is meant to persist
+    assert everything == catalog | model_keys
     reg.close()
 
 

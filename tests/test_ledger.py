@@ -212,3 +212,33 @@ def test_statistics_match_hand_computed_totals(reg: Any) -> None:
         reg.get_statistics(since=day)
     with pytest.raises(ConfigError, match="before since"):
         reg.get_statistics(since=day, until=day - 1)
+
+
+def test_settle_records_the_real_usage_once_and_release_records_nothing(reg: Any, r: redis.Redis) -> None:
+    reg.register_model(model(rate_limit={"tokens_per_minute": 100_000}))
+    held = reg.acquire("openai:gpt-4", 1000, 4000, tenant="acme").reservation
+    assert reg.settle(held, input_tokens=1000, output_tokens=500, success=True, latency_ms=300)
+    assert not reg.settle(held, input_tokens=1000, output_tokens=500)  # a retry: nothing more
+    total = counters(r, TOTAL)
+    assert (total["requests"], total["output_tokens"], total["cost_units"]) == (1, 500, 60_000_000)
+    assert total["lat_le_500"] == 1
+    assert counters(r, K.ledger("openai:gpt-4", "total", tenant="acme"))["cost_units"] == 60_000_000
+    failed = reg.acquire("openai:gpt-4", 10, 10).reservation
+    reg.settle(failed, 10, 0, success=False)
+    assert counters(r, TOTAL)["failures"] == 1
+    reg.release(reg.acquire("openai:gpt-4", 10, 10).reservation)
+    assert counters(r, TOTAL)["requests"] == 2  # a released request was never sent: not in the ledger
+    stats = reg.get_statistics(tenant="acme")
+    assert (stats.requests, stats.total_cost) == (1, Decimal("0.06"))
+
+
+def test_a_skewed_settle_still_lands_in_the_servers_buckets(redis_url: str, r: redis.Redis) -> None:
+    reg = Registry.from_url(redis_url, watch=False)
+    reg.register_model(model())
+    reg._offset_ms = 3 * 3_600_000  # three hours ahead
+    held = reg.acquire("openai:gpt-4", 100, 100).reservation
+    assert reg.settle(held, 100, 50)
+    hour = int(r.time()[0]) // 3600
+    assert counters(r, K.ledger("openai:gpt-4", "h", hour))["requests"] == 1
+    assert not r.exists(K.ledger("openai:gpt-4", "h", hour + 3))
+    reg.close()

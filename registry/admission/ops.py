@@ -17,6 +17,7 @@ from registry._core import Flow, Script, text
 from registry.admission.types import LIMIT_NAMES, Decision, LimitSpec, Reservation, applicable_limits, check_tenant
 from registry.errors import ConfigError, RequestTooLargeError, ScriptError
 from registry.keys import Keys
+from registry.ledger.ops import Usage
 from registry.models import MAX_TOKENS, ModelSpec
 from registry.pricing import check_tokens
 
@@ -113,8 +114,15 @@ def settle(
     output_tokens: int | None,
     release: bool = False,
     now_ms: int | None = None,
+    model: ModelSpec | None = None,
+    success: bool = True,
+    latency_ms: float | None = None,
+    predicted_ms: int = 0,
 ) -> Flow[bool]:
-    """Move each charged amount to its real value (or to 0 for a release); True if it did."""
+    """Move each charged amount to its real value (or to 0 for a release); True if it did.
+
+    A settle given the ``model`` also records the usage in its ledger, in the same script.
+    """
     if not isinstance(reservation, Reservation):
         raise ConfigError(f"expected a Reservation, got {type(reservation).__name__}")
     if release:
@@ -127,20 +135,29 @@ def settle(
     args: list[str | int] = [_now_arg(now_ms), len(names), reservation.token or "-"]
     for name in names:
         args += [name, tokens if name.endswith("tokens_per_minute") else requests]
-    reply = yield Script(
-        "settle",
-        keys=(
-            keys.reservation(reservation.model_key, reservation.id, reservation.tenant),
-            *(
-                _window_key(
-                    keys, reservation.model_key, name, reservation.tenant if name.startswith("tenant.") else None
-                )
-                for name in names
-            ),
+    window_keys = (
+        keys.reservation(reservation.model_key, reservation.id, reservation.tenant),
+        *(
+            _window_key(keys, reservation.model_key, name, reservation.tenant if name.startswith("tenant.") else None)
+            for name in names
         ),
-        args=tuple(args),
     )
-    try:
-        return int(reply[0]) == 1
-    except (TypeError, ValueError, IndexError) as exc:
-        raise ScriptError(f"settle: malformed reply {reply!r}") from exc
+    usage = None
+    if model is not None and not release:
+        usage = Usage.of(model, used_in, used_out, bool(success), latency_ms, reservation.tenant)
+    at = predicted_ms if now_ms is None else now_ms
+    for _ in range(2):
+        extra_keys: list[str] = []
+        extra_args: list[str | int] = []
+        if usage is not None:
+            extra_keys, indexes = usage.keys_at(keys, at)
+            extra_args = ["ledger", *indexes, *usage.pairs]
+        reply = yield Script("settle", keys=(*window_keys, *extra_keys), args=(*args, *extra_args))
+        try:
+            status, server_ms = int(reply[0]), int(reply[1])
+        except (TypeError, ValueError, IndexError) as exc:
+            raise ScriptError(f"settle: malformed reply {reply!r}") from exc
+        if status != 2:
+            return status == 1
+        at = server_ms  # ledger buckets named after another minute: once more, after the server's
+    raise ScriptError("settle: the server's clock moved past a bucket twice; try again")

@@ -55,6 +55,47 @@ def usage_fields(
     return [(name, by) for name, by in fields if by]  # a zero adds nothing: leave it out
 
 
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """One request's ledger increments, ready for a script (record_usage or settle)."""
+
+    model_key: str
+    tenant: str | None
+    cost: Decimal
+    units: int
+    pairs: tuple[str | int, ...]
+
+    @classmethod
+    def of(
+        cls,
+        model: ModelSpec,
+        input_tokens: int,
+        output_tokens: int,
+        success: bool,
+        latency_ms: float | None,
+        tenant: str | None,
+    ) -> Usage:
+        if latency_ms is not None and (isinstance(latency_ms, bool) or not 0 <= latency_ms <= 86_400_000):
+            raise ConfigError(f"latency_ms must be a number from 0 to 86400000, got {latency_ms!r}")
+        cost = estimate(model.cost, input_tokens, output_tokens)
+        units = to_units(cost)
+        pairs: list[str | int] = []
+        for name, by in usage_fields(input_tokens, output_tokens, success, latency_ms, units):
+            pairs += [name, by]
+        return cls(model.key, tenant, cost, units, tuple(pairs))
+
+    def keys_at(self, keys: Keys, at_ms: int) -> tuple[list[str], tuple[int, int, int]]:
+        """The ledger hashes (model's, then tenant's) named after the buckets of ``at_ms``."""
+        indexes = (at_ms // 60_000, at_ms // 3_600_000, at_ms // 86_400_000)
+        scopes = [None] if self.tenant is None else [None, self.tenant]
+        names = [
+            keys.ledger(self.model_key, period, index, scope)
+            for scope in scopes
+            for period, index in (("total", None), ("m", indexes[0]), ("h", indexes[1]), ("d", indexes[2]))
+        ]
+        return names, indexes
+
+
 def record(
     keys: Keys,
     model: ModelSpec,
@@ -77,34 +118,28 @@ def record(
     input_tokens = check_tokens("input_tokens", input_tokens)
     output_tokens = check_tokens("output_tokens", output_tokens)
     tenant = check_tenant(tenant)
-    if latency_ms is not None and (isinstance(latency_ms, bool) or not 0 <= latency_ms <= 86_400_000):
-        raise ConfigError(f"latency_ms must be a number from 0 to 86400000, got {latency_ms!r}")
     if request_id is not None and (not isinstance(request_id, str) or not 0 < len(request_id) <= 128):
         raise ConfigError(f"request_id must be a string of 1 to 128 characters, got {request_id!r}")
-    cost = estimate(model.cost, input_tokens, output_tokens)
-    units = to_units(cost)
-    pairs: list[str | int] = []
-    for field, by in usage_fields(input_tokens, output_tokens, bool(success), latency_ms, units):
-        pairs += [field, by]
+    usage = Usage.of(model, input_tokens, output_tokens, bool(success), latency_ms, tenant)
     at = predicted_ms if now_ms is None else now_ms
     for _ in range(2):
-        indexes = (at // 60_000, at // 3_600_000, at // 86_400_000)
-        scopes = [None] if tenant is None else [None, tenant]
-        ledger_keys = [
-            keys.ledger(model.key, period, index, scope)
-            for scope in scopes
-            for period, index in (("total", None), ("m", indexes[0]), ("h", indexes[1]), ("d", indexes[2]))
-        ]
+        ledger_keys, indexes = usage.keys_at(keys, at)
         reply = yield Script(
             "record_usage",
             keys=(keys.usage_marker(model.key, request_id or "-"), *ledger_keys),
-            args=("" if now_ms is None else now_ms, *indexes, REQUEST_ID_TTL_MS, "1" if request_id else "0", *pairs),
+            args=(
+                "" if now_ms is None else now_ms,
+                *indexes,
+                REQUEST_ID_TTL_MS,
+                "1" if request_id else "0",
+                *usage.pairs,
+            ),
         )
         try:
             status, server_ms = int(reply[0]), int(reply[1])
         except (TypeError, ValueError, IndexError) as exc:
             raise ScriptError(f"record_usage: malformed reply {reply!r}") from exc
         if status != 2:
-            return UsageRecord(status == 1, cost, units, server_ms)
+            return UsageRecord(status == 1, usage.cost, usage.units, server_ms)
         at = server_ms
     raise ScriptError("record_usage: the server's clock moved past a bucket twice; try again")

@@ -1,0 +1,50 @@
+-- lib/ledger.lua: adding usage to ledger counters (used by record_usage and settle).
+
+-- Parse "field, increment" pairs from ARGV[first..last]; nil and an error reply if bad.
+local function usage_pairs(first, last)
+  local out = {}
+  for j = first, last, 2 do
+    local field, by = ARGV[j], ARGV[j + 1]
+    if field == nil or field == '' or by == nil or not string.match(by, '^%-?%d+$') or #by > 19 then
+      return nil, redis.error_reply('ERR_ARGS increment ' .. tostring(field) .. ' must be an integer')
+    end
+    out[#out + 1] = {field, by}
+  end
+  return out
+end
+
+-- Whether the client named the time-bucket keys after the server's minute, hour and day.
+local function buckets_match(now, minute, hour, day)
+  return tonumber(minute) == math.floor(now / 60000) and tonumber(hour) == math.floor(now / 3600000)
+    and tonumber(day) == math.floor(now / 86400000)
+end
+
+-- Add every pair to every key of keys[first..last] (groups of four: total, minute, hour,
+-- day). On an overflow, undo what this call added and return an error reply.
+local function add_usage(first, last, pairs_)
+  local done = {}
+  for k = first, last do
+    for _, p in ipairs(pairs_) do
+      local ok = redis.pcall('HINCRBY', KEYS[k], p[1], p[2])
+      if type(ok) == 'table' and ok.err then
+        for _, d in ipairs(done) do
+          local by = d[3]
+          if by ~= '0' then  -- Redis refuses "-0"
+            redis.call('HINCRBY', d[1], d[2], string.sub(by, 1, 1) == '-' and string.sub(by, 2) or '-' .. by)
+          end
+        end
+        return redis.error_reply('ERR_OVERFLOW ' .. p[1] .. ' of ' .. KEYS[k] .. ' would overflow; nothing recorded')
+      end
+      done[#done + 1] = {KEYS[k], p[1], p[2]}
+    end
+  end
+  -- Buckets expire: minutes after 2 days, hours after 90 days, days after 2 years.
+  local keep = {0, 172800000, 7776000000, 63072000000}
+  for k = first, last do
+    local slot = ((k - first) % 4) + 1
+    if slot ~= 1 then
+      redis.call('PEXPIRE', KEYS[k], keep[slot])
+    end
+  end
+  return nil
+end
