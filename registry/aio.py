@@ -27,7 +27,7 @@ from registry.catalog.sync import SyncPlan
 from registry.errors import ModelNotFoundError, map_redis_errors
 from registry.keys import DEFAULT_NAMESPACE
 from registry.ledger import stats as ledger_stats
-from registry.ledger.ops import UsageRecord
+from registry.ledger.ops import LATENCY_EDGES_MS, UsageRecord
 from registry.ledger.stats import Statistics
 from registry.models import ModelSpec
 
@@ -419,3 +419,24 @@ class AsyncRegistry(RegistryBase):
                 self.keys, models, tenant=check_tenant(tenant), since=since, until=until, currency=currency.upper()
             )
         )
+
+    async def usage(
+        self,
+        model_key: str,
+        since: datetime | float,
+        until: datetime | float,
+        granularity: str = "hour",
+        tenant: str | None = None,
+    ) -> list[ledger_stats.UsagePoint]:
+        """A model's usage (or a tenant's on it) per UTC minute, hour or day, for charts."""
+        model = (await self._catalog()).get(self._key(model_key))
+        return await self._run(
+            ledger_stats.usage(
+                self.keys, model, tenant=check_tenant(tenant), since=since, until=until, granularity=granularity
+            )
+        )
+
+    async def model_performance(self, model_key: str) -> ledger_stats.Performance:
+        """Latency percentiles, success rate and output tokens per second of a model, all time."""
+        model = (await self._catalog()).get(self._key(model_key))
+        return await self._run(ledger_stats.model_performance(self.keys, model, LATENCY_EDGES_MS))

@@ -242,3 +242,35 @@ def test_a_skewed_settle_still_lands_in_the_servers_buckets(redis_url: str, r: r
     assert counters(r, K.ledger("openai:gpt-4", "h", hour))["requests"] == 1
     assert not r.exists(K.ledger("openai:gpt-4", "h", hour + 3))
     reg.close()
+
+
+def test_usage_series_and_model_performance(reg: Any) -> None:
+    from registry import ConfigError
+    from registry.testing import FakeClock, use_clock
+
+    reg.register_model(model())
+    hour0 = 500_000 * 3600  # a UTC hour, in seconds
+    clock = FakeClock()
+    clock.set(hour0 + 60)
+    use_clock(reg, clock)
+    # 20 requests in hour 0 (latencies 10, 20, ... 200 ms), none in hour 1, 1 in hour 2 (90 s)
+    for i in range(1, 21):
+        reg.record_usage("openai:gpt-4", 100, 50, latency_ms=10 * i, success=i != 20)
+    clock.set(hour0 + 2 * 3600 + 5)
+    reg.record_usage("openai:gpt-4", 100, 50, latency_ms=90_000)
+    series = reg.usage("openai:gpt-4", hour0, hour0 + 2 * 3600 + 59, granularity="hour")
+    assert [(p.start - hour0, p.totals.requests) for p in series] == [(0, 20), (3600, 0), (7200, 1)]
+    minutes = reg.usage("openai:gpt-4", hour0, hour0 + 119, granularity="minute")
+    assert [p.totals.requests for p in minutes] == [0, 20]
+    perf = reg.model_performance("openai:gpt-4")
+    assert perf.requests == 21
+    assert perf.success_rate == 20 / 21
+    # histogram: <=50: 5, <=100: 5, <=250: 10, inf: 1 -> p50 at the 11th of 21: 250 ms; p95 (20th): 250; p99: inf
+    assert (perf.p50_ms, perf.p95_ms, perf.p99_ms) == (250.0, 250.0, float("inf"))
+    # latency: (10 + ... + 200) ms = 2,100 ms, plus 90,000 ms; 21 x 50 output tokens
+    assert perf.mean_latency_ms == (2100 + 90_000) / 21
+    assert perf.output_tokens_per_second == 21 * 50 / 92.1
+    with pytest.raises(ConfigError, match="granularity"):
+        reg.usage("openai:gpt-4", hour0, hour0 + 1, granularity="week")
+    with pytest.raises(ConfigError, match="at most 10,000 points"):
+        reg.usage("openai:gpt-4", 0, hour0, granularity="minute")

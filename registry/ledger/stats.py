@@ -126,3 +126,95 @@ def statistics(
     return Statistics(
         **{name: getattr(total, name) for name in (*_INTS, "latency_us_sum")}, currency=currency, by_model=by_model
     )
+
+
+_PERIODS = {"minute": ("m", 60_000), "hour": ("h", _HOUR_MS), "day": ("d", _DAY_MS)}
+
+
+@dataclass(frozen=True)
+class UsagePoint:
+    """One bucket of a :func:`usage` series: its start (UTC, epoch seconds) and its totals."""
+
+    start: int
+    totals: UsageTotals
+
+
+def usage(
+    keys: Keys,
+    model: ModelSpec,
+    *,
+    tenant: str | None = None,
+    since: datetime | float,
+    until: datetime | float,
+    granularity: str = "hour",
+) -> Flow[list[UsagePoint]]:
+    """A time series of one model's usage (or a tenant's on it), one point per UTC bucket.
+
+    Minute buckets are kept 2 days, hour buckets 90 days, day buckets 2 years; a series
+    reaching further back shows zeros there.
+    """
+    if granularity not in _PERIODS:
+        raise ConfigError(f"granularity must be one of {sorted(_PERIODS)}, got {granularity!r}")
+    period, width = _PERIODS[granularity]
+    start, end = _ms(since), _ms(until)
+    if end < start:
+        raise ConfigError("until is before since")
+    indexes = range(start // width, end // width + 1)
+    if len(indexes) > 10_000:
+        raise ConfigError(f"{len(indexes)} points: use a coarser granularity (at most 10,000 points)")
+    replies = yield Commands(
+        tuple(("HGETALL", keys.ledger(model.key, period, i, tenant)) for i in indexes), transaction=False
+    )
+    return [
+        UsagePoint(i * width // 1000, _totals(raw or {}, model.cost.currency))
+        for i, raw in zip(indexes, replies, strict=True)
+    ]
+
+
+@dataclass(frozen=True)
+class Performance:
+    """Latency percentiles (from the histogram: each is the upper edge of its bucket, ms),
+    success rate, and output tokens per second of request time."""
+
+    requests: int
+    success_rate: float | None
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    mean_latency_ms: float | None
+    output_tokens_per_second: float | None
+
+
+def performance(totals: UsageTotals, histogram: Mapping[str, int], edges: Sequence[int]) -> Performance:
+    """Percentiles read off the latency histogram; exact to one bucket, never optimistic."""
+    counts = [(float(e), histogram.get(f"lat_le_{e}", 0)) for e in edges]
+    counts.append((float("inf"), histogram.get("lat_le_inf", 0)))
+    seen = sum(c for _, c in counts)
+
+    def quantile(q: float) -> float | None:
+        if not seen:
+            return None
+        running = 0
+        for edge, count in counts:
+            running += count
+            if running >= q * seen:
+                return edge
+        return float("inf")  # pragma: no cover - running reaches seen
+
+    seconds = totals.latency_us_sum / 1e6
+    return Performance(
+        requests=totals.requests,
+        success_rate=totals.success_rate,
+        p50_ms=quantile(0.50),
+        p95_ms=quantile(0.95),
+        p99_ms=quantile(0.99),
+        mean_latency_ms=totals.mean_latency_ms,
+        output_tokens_per_second=totals.output_tokens / seconds if seconds else None,
+    )
+
+
+def model_performance(keys: Keys, model: ModelSpec, edges: Sequence[int]) -> Flow[Performance]:
+    """A model's all-time performance, from its ledger totals."""
+    (raw,) = yield Commands((("HGETALL", keys.ledger(model.key, "total")),), transaction=False)
+    histogram = {text(k): int(v) for k, v in (raw or {}).items()}
+    return performance(_totals(raw or {}, model.cost.currency), histogram, edges)
