@@ -21,12 +21,14 @@ from registry.admission.types import Decision, Reservation, check_tenant
 from registry.catalog import ops
 from registry.catalog import sync as catalog_sync
 from registry.catalog.codec import CatalogEntry
+from registry.catalog.ops import coerce_model
 from registry.catalog.search import SearchQuery
 from registry.catalog.snapshot import Snapshot
 from registry.catalog.sync import SyncPlan
 from registry.errors import ModelNotFoundError, map_redis_errors
 from registry.keys import DEFAULT_NAMESPACE
 from registry.ledger import stats as ledger_stats
+from registry.ledger import transfer
 from registry.ledger.ops import LATENCY_EDGES_MS, UsageRecord
 from registry.ledger.stats import Statistics
 from registry.models import ModelSpec
@@ -440,3 +442,17 @@ class AsyncRegistry(RegistryBase):
         """Latency percentiles, success rate and output tokens per second of a model, all time."""
         model = (await self._catalog()).get(self._key(model_key))
         return await self._run(ledger_stats.model_performance(self.keys, model, LATENCY_EDGES_MS))
+
+    async def export(self) -> dict[str, Any]:
+        """The catalog and every ledger counter, as one JSON-able document (see ``restore``)."""
+        return await self._run(transfer.export_ledger(self.keys, (await self._catalog())))
+
+    async def restore(self, document: dict[str, Any]) -> int:
+        """Load an :meth:`export` into this (empty) namespace: catalog, then ledger counters.
+
+        Returns the number of ledger hashes written; every counter equals the exported one.
+        """
+        catalog = [coerce_model(m) for m in (document.get("catalog", []) if isinstance(document, dict) else [])]
+        written = await self._run(transfer.import_ledger(self.keys, document))  # refuses a used namespace
+        await self.sync_models(catalog)
+        return written

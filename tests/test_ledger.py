@@ -297,3 +297,42 @@ def test_usage_series_and_model_performance(reg: Any) -> None:
         reg.usage("openai:gpt-4", hour0, hour0 + 1, granularity="week")
     with pytest.raises(ConfigError, match="at most 10,000 points"):
         reg.usage("openai:gpt-4", 0, hour0, granularity="minute")
+
+
+def test_export_then_restore_into_a_fresh_namespace_reproduces_every_counter(
+    make_registry: Any, r: redis.Redis
+) -> None:
+    import json
+
+    from registry import ConfigError
+
+    source = make_registry(namespace="books")
+    source.register_models([model(rate_limit={"tokens_per_minute": 10**6}), MODELS[1]])
+    for i in range(30):
+        source.record_usage("openai:gpt-4", 100 + i, 7 * i, tenant=["acme", None][i % 2], latency_ms=i * 40)
+    held = source.acquire("anthropic:claude", 500, 500, tenant="beta").reservation
+    source.settle(held, 500, 123, success=False, latency_ms=2000)
+    document = json.loads(json.dumps(source.export()))  # it survives JSON
+    assert document["format"] == "registry-export/1"
+    assert len(document["catalog"]) == 2
+
+    target = make_registry(namespace="copy")
+    assert target.restore(document) == len(document["ledger"])
+
+    def ledger(ns: str) -> dict[str, Any]:
+        found = {}
+        for key in r.scan_iter(match=f"{{{ns}:adm:*:l:*"):
+            if ":l:id:" not in key:
+                found[key.removeprefix(f"{{{ns}:")] = (counters(r, key), r.pttl(key) > 0)
+        return found
+
+    assert ledger("copy") == ledger("books")
+    assert len(ledger("books")) == 2 * 4 + 4 + 4  # gpt-4 and acme on it; claude and beta on it
+    assert target.get_statistics() == source.get_statistics()
+    assert [m.key for m in target.list_models()] == [m.key for m in source.list_models()]
+    before = dump(r)
+    with pytest.raises(ConfigError, match="already has a ledger"):
+        target.restore(document)
+    assert dump(r) == before
+    with pytest.raises(ConfigError, match="registry-export/1"):
+        target.restore({"format": "other"})
