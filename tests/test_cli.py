@@ -929,3 +929,34 @@ def test_watcher_trusts_an_old_mtime_and_retries_redis_errors(redis_url: str, ca
         assert watcher.poll() is None
         assert watcher.poll() is None  # retried: the content was never synced
     assert errors.getvalue().count("Redis unavailable") == 1
+
+
+def test_export_and_import_dump(run: Any, tmp_path: Path, redis_url: str) -> None:
+    from registry import Registry
+
+    reg = Registry.from_url(redis_url, watch=False, namespace="src")
+    reg.register_model(
+        {"provider": "openai", "id": "gpt-4", "context_window": 8192, "cost": {"input": "30", "output": "60"}}
+    )
+    reg.record_usage("openai:gpt-4", 1000, 500, tenant="acme")
+    reg.close()
+    dump_file = tmp_path / "dump.json"
+    code, out, err = run("--namespace", "src", "export", "--output", str(dump_file))
+    assert (code, err) == (0, "")
+    assert "1 models, 8 ledger hashes" in out
+    code, out, _ = run("--namespace", "src", "export")
+    assert json.loads(out)["format"] == "registry-export/1"
+    code, out, err = run("--namespace", "dst", "import", "dump", str(dump_file))
+    assert (code, err) == (0, "")
+    assert "restored 1 models and 8 ledger hashes" in out
+    copy = Registry.from_url(redis_url, watch=False, namespace="dst")
+    assert copy.get_statistics().total_cost == Decimal("0.06")
+    copy.close()
+    code, _, err = run("--namespace", "dst", "import", "dump", str(dump_file))
+    assert code == 2
+    assert "already has a ledger" in err
+    code, _, err = run("import", "dump", str(tmp_path / "missing.json"))
+    assert (code, "cannot read" in err) == (2, True)
+    (tmp_path / "bad.json").write_text("{")
+    code, _, err = run("import", "dump", str(tmp_path / "bad.json"))
+    assert (code, "not valid JSON" in err) == (2, True)

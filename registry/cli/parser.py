@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how often --watch looks at the file (default: 0.5)",
     )
 
-    imports = _command(sub, "import", None, "import a third-party catalog")
+    imports = _command(sub, "import", None, "import a third-party catalog, or restore an export")
     importers = imports.add_subparsers(dest="import_command", metavar="SOURCE", required=True)
     p = _command(importers, "litellm", tools.cmd_import_litellm, "LiteLLM's model_prices_and_context_window.json")
     p.add_argument("file", metavar="FILE")
@@ -207,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--replace", action="store_true", help="overwrite models already in the catalog (default: keep them)"
     )
+
+    p = _command(importers, "dump", tools.cmd_import_dump, "a `registry export` document, into an empty namespace")
+    p.add_argument("file", metavar="FILE")
+
+    p = _command(sub, "export", tools.cmd_export, "the catalog and the ledger counters as one JSON document")
+    p.add_argument("--output", metavar="FILE", help="write it to FILE (default: stdout)")
 
     p = _command(sub, "schema", tools.cmd_schema, "the config file's JSON Schema")
     group = p.add_mutually_exclusive_group()

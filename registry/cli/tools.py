@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from registry.cli.context import Context
 from registry.cli.output import render_table
+from registry.errors import ConfigError
 
 if TYPE_CHECKING:
     from registry.importers.litellm import LiteLLMImport
@@ -99,4 +100,37 @@ def cmd_schema(ctx: Context) -> int:
         return 0
     ctx.out.stdout.write(text)
     ctx.out.stdout.flush()
+    return 0
+
+
+def cmd_export(ctx: Context) -> int:
+    """Write the catalog and the ledger counters as one JSON document (stdout or ``--output``)."""
+    import json
+
+    with ctx.registry() as reg:
+        document = reg.export()
+    text = json.dumps(document, indent=2, sort_keys=True) + "\n"
+    if ctx.args.output is None:
+        ctx.out.stdout.write(text)
+        ctx.out.stdout.flush()
+        return 0
+    Path(ctx.args.output).write_text(text, encoding="utf-8")
+    ctx.out.line(f"wrote {ctx.args.output}: {len(document['catalog'])} models, {len(document['ledger'])} ledger hashes")
+    return 0
+
+
+def cmd_import_dump(ctx: Context) -> int:
+    """Restore an export into the (empty) namespace: the catalog, then every ledger counter."""
+    import json
+
+    path = Path(ctx.args.file)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+    with ctx.registry() as reg:
+        written = reg.restore(document)
+    ctx.out.line(f"restored {len(document.get('catalog', []))} models and {written} ledger hashes from {path}")
     return 0
