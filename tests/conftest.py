@@ -140,3 +140,10 @@ def model(provider: str = "openai", id: str = "gpt-4", **fields: Any) -> dict[st
     }
     data.update(fields)
     return data
+
+
+@pytest.fixture
+def real_redis(server: embedded.EmbeddedRedis) -> None:
+    """Skip on the fakeredis fallback: the test needs what only redis-server has (INFO, load)."""
+    if server.kind != "redis-server":
+        pytest.skip("needs a real redis-server (INFO commandstats, or a load fakeredis cannot carry)")

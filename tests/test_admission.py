@@ -192,7 +192,7 @@ def test_shadow_mode_counts_but_never_refuses(make_registry: Any) -> None:
     assert reg.check_rate_limit("openai:gpt-4").remaining["requests_per_minute"] == 0
 
 
-def test_cached_denials_skip_redis_until_retry_after(make_registry: Any, r: redis.Redis) -> None:
+def test_cached_denials_skip_redis_until_retry_after(make_registry: Any, r: redis.Redis, real_redis: None) -> None:
     reg = make_registry(cache_denials=True)
     reg.register_model(model(rate_limit={"requests_per_minute": 1}))
     assert reg.acquire("openai:gpt-4", 1, 1).allowed

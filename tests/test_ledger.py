@@ -179,14 +179,14 @@ def _fleet_records(redis_url: str, r: redis.Redis, records: int) -> None:
 
 @pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork:DeprecationWarning")
 @pytest.mark.timeout(600)
-def test_sixteen_processes_record_100_000_exact_totals(redis_url: str, r: redis.Redis) -> None:
+def test_sixteen_processes_record_100_000_exact_totals(redis_url: str, r: redis.Redis, real_redis: None) -> None:
     _fleet_records(redis_url, r, 100_000)
 
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork:DeprecationWarning")
 @pytest.mark.timeout(3600)
-def test_sixteen_processes_record_a_million_exact_totals(redis_url: str, r: redis.Redis) -> None:
+def test_sixteen_processes_record_a_million_exact_totals(redis_url: str, r: redis.Redis, real_redis: None) -> None:
     _fleet_records(redis_url, r, 1_000_000)
 
 
