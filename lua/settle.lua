@@ -14,11 +14,15 @@
 -- ARGV[3]   the token of the acquire being settled (see acquire.lua): another token is a
 --           later reservation under the same id, which this call must leave alone
 -- ARGV[4 + 2*(i-1) + 0..1] limit i: name, new amount (integer >= 0)
--- Optionally, to record the usage too (KEYS[2+n..] the ledger's total, minute, hour and day
--- hashes of the model, and of the tenant: 4 or 8 keys):
+-- Optionally, to record the usage too (as record_usage.lua does): KEYS[2+n] the model's
+-- usage events, KEYS[3+n .. 6+n] its ledger's total, minute, hour and day hashes, and with a
+-- tenant KEYS[7+n .. 10+n] the tenant's and KEYS[11+n] the model's tenant set;
 -- ARGV[4 + 2n]       "ledger"
 -- ARGV[5 + 2n .. 7 + 2n] the minute, hour and day indexes the ledger keys are named after
--- ARGV[8 + 2n ..]    field, increment pairs (as in record_usage.lua)
+-- ARGV[8 + 2n]       the request id the usage event names
+-- ARGV[9 + 2n]       usage event: 0 for none, else the stream's cap
+-- ARGV[10 + 2n]      the tenant ("" for none)
+-- ARGV[11 + 2n ..]   field, increment pairs (as in record_usage.lua)
 --
 -- returns {1, now_ms} settled; {0, now_ms} no such reservation (settled, released, expired,
 -- or since replaced by another acquire under the same id); {2, now_ms} the ledger keys are
@@ -29,8 +33,9 @@
 --! include ledger
 local n = tonumber(ARGV[2])
 local plain = whole(n, 0, 64) and #KEYS == 1 + n and #ARGV == 3 + 2 * n
-local with_ledger = whole(n, 0, 64) and ARGV[4 + 2 * n] == 'ledger' and (#KEYS == 5 + n or #KEYS == 9 + n)
-  and #ARGV >= 9 + 2 * n and #ARGV % 2 == 1
+local with_ledger = whole(n, 0, 64) and ARGV[4 + 2 * n] == 'ledger' and #ARGV >= 12 + 2 * n and #ARGV % 2 == 0
+  and #KEYS == ((ARGV[10 + 2 * n] == '') and 6 or 11) + n
+local cap = with_ledger and tonumber(ARGV[9 + 2 * n])
 if not plain and not with_ledger then
   return redis.error_reply('ERR_ARGS expected n limits: 1 + n keys and 3 + 2n args (+ the ledger part)')
 end
@@ -41,9 +46,12 @@ end
 local usage = nil
 if with_ledger then
   local bad_pairs
-  usage, bad_pairs = usage_pairs(8 + 2 * n, #ARGV)
+  usage, bad_pairs = usage_pairs(11 + 2 * n, #ARGV)
   if not usage then
     return bad_pairs
+  end
+  if not whole(cap, 0, 100000000) then
+    return redis.error_reply('ERR_ARGS event cap must be an integer from 0 to 100000000')
   end
   if not buckets_match(now, ARGV[5 + 2 * n], ARGV[6 + 2 * n], ARGV[7 + 2 * n]) then
     return {2, now}
@@ -67,10 +75,13 @@ if #record == 0 or fields['tok'] ~= ARGV[3] then
   return {0, now}
 end
 if usage then
-  local failed = add_usage(2 + n, #KEYS, usage)  -- first: an overflow leaves everything as it was
+  local tenant = ARGV[10 + 2 * n]
+  -- first: an overflow leaves everything as it was
+  local failed = add_usage(3 + n, ((tenant == '') and 6 or 10) + n, usage)
   if failed then
     return failed
   end
+  note_usage(KEYS[2 + n], cap, ARGV[8 + 2 * n], tenant, KEYS[11 + n], usage)
 end
 local charged = tonumber(fields['n']) or 0
 for i = 1, charged do

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
@@ -29,6 +30,7 @@ from registry.versions import compare_versions as _compare_versions
 log = logging.getLogger("registry")
 
 DEFAULT_REFRESH_INTERVAL = 0.5
+USAGE_EVENTS_CAP = 10_000  # sampled usage records kept per model (approximate)
 _SCHEMES = ("redis://", "rediss://", "unix://")
 
 
@@ -51,6 +53,7 @@ class RegistryBase:
         owns_client: bool = False,
         shadow: bool = False,
         cache_denials: bool = False,
+        usage_event_rate: float = 0.0,
     ) -> None:
         if refresh_interval <= 0:
             raise ConfigError(f"refresh_interval must be > 0 seconds, got {refresh_interval!r}")
@@ -66,6 +69,9 @@ class RegistryBase:
         self._channel = self.keys.changes_channel
         self.shadow = shadow
         self.cache_denials = cache_denials
+        if isinstance(usage_event_rate, bool) or not 0.0 <= usage_event_rate <= 1.0:
+            raise ConfigError(f"usage_event_rate must be from 0 to 1, got {usage_event_rate!r}")
+        self.usage_event_rate = float(usage_event_rate)
         self._denials: dict[tuple[str, str | None], tuple[float, Decision]] = {}
         self._test_clock: Callable[[], int] | None = None  # see registry.testing.use_clock
         self._offset_ms = 0  # the server's clock minus ours, learned from the ledger's replies
@@ -177,6 +183,7 @@ class RegistryBase:
             success=success,
             latency_ms=latency_ms,
             predicted_ms=int(time.time() * 1000) + self._offset_ms,
+            sample_cap=self._sample_cap(),
         )
 
     # -- ledger, shared by both clients --------------------------------------------------------
@@ -203,7 +210,13 @@ class RegistryBase:
             request_id=request_id,
             now_ms=self._now_ms(),
             predicted_ms=int(time.time() * 1000) + self._offset_ms,
+            sample_cap=self._sample_cap(),
         )
+
+    def _sample_cap(self) -> int:
+        """The usage stream's cap if this record is sampled (``usage_event_rate``), else 0."""
+        rate = self.usage_event_rate
+        return USAGE_EVENTS_CAP if rate and (rate >= 1.0 or random.random() < rate) else 0
 
     def _learned(self, record: UsageRecord) -> UsageRecord:
         """Remember how far the server's clock is from ours, to name time buckets right first time."""

@@ -59,6 +59,7 @@ class AsyncRegistry(RegistryBase):
         owns_client: bool = False,
         shadow: bool = False,
         cache_denials: bool = False,
+        usage_event_rate: float = 0.0,
     ) -> None:
         super().__init__(
             client,
@@ -68,6 +69,7 @@ class AsyncRegistry(RegistryBase):
             owns_client=owns_client,
             shadow=shadow,
             cache_denials=cache_denials,
+            usage_event_rate=usage_event_rate,
         )
         self._lock: asyncio.Lock | None = None
         self._closed = False
@@ -83,6 +85,7 @@ class AsyncRegistry(RegistryBase):
         refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
         shadow: bool = False,
         cache_denials: bool = False,
+        usage_event_rate: float = 0.0,
         **redis_options: Any,
     ) -> AsyncRegistry:
         """Connect to ``redis://``, ``rediss://`` or ``unix://`` ``url``."""
@@ -95,6 +98,7 @@ class AsyncRegistry(RegistryBase):
             owns_client=True,
             shadow=shadow,
             cache_denials=cache_denials,
+            usage_event_rate=usage_event_rate,
         )
 
     # -- I/O ------------------------------------------------------------------------------------
@@ -450,7 +454,7 @@ class AsyncRegistry(RegistryBase):
     async def restore(self, document: dict[str, Any]) -> int:
         """Load an :meth:`export` into this (empty) namespace: catalog, then ledger counters.
 
-        Returns the number of ledger hashes written; every counter equals the exported one.
+        Returns the number of ledger keys written; every counter equals the exported one.
         """
         catalog = [coerce_model(m) for m in (document.get("catalog", []) if isinstance(document, dict) else [])]
         written = await self._run(transfer.import_ledger(self.keys, document))  # refuses a used namespace

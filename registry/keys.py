@@ -17,6 +17,19 @@ Admission keys, one hash tag per model (its tenants' limits share it)::
     {registry:adm:<provider>:<id>}[:t:<tenant>]:l:total   hash  ledger counters, all time
     {registry:adm:<provider>:<id>}[:t:<tenant>]:l:m:<n>   hash  ... of UTC minute n (also h:, d:)
     {registry:adm:<provider>:<id>}:l:id:<request id>      string a recorded request id (24 h)
+    {registry:adm:<provider>:<id>}:l:tenants              set   tenants with usage on the model
+    {registry:adm:<provider>:<id>}:events                 stream sampled usage records (capped)
+
+Budgets: their definitions are catalog items (so every worker's local copy holds them); what
+is spent and held against them lives under one hash tag per tenant::
+
+    {registry:catalog}:budget:<tenant>                    hash  the tenant's budgets (zset member @budget:<tenant>)
+    {registry:bud:<tenant>}:s:<scope>:<period>:<index>    hash  spent and held of one budget period
+    {registry:bud:<tenant>}:r:<reservation id>            hash  what a request holds on the budgets
+    {registry:bud:<tenant>}:events                        stream budget threshold events (capped)
+
+``<scope>`` is ``*`` (every model) or a model key; ``<period>`` is day, week or month and
+``<index>`` the UTC period's number (see registry/budgets/periods.py).
 
 The whole catalog shares one hash tag, so it sits in one cluster slot and every catalog
 script touches keys of that slot only. Each model's admission keys have a tag of their own,
@@ -99,6 +112,42 @@ class Keys:
         scope = "" if tenant is None else f":t:{tenant}"
         suffix = "total" if period == "total" else f"{period}:{index}"
         return f"{self.admission_tag(model_key)}{scope}:l:{suffix}"
+
+    def ledger_tenants(self, model_key: str) -> str:
+        """The set of tenants that have usage recorded on a model."""
+        return f"{self.admission_tag(model_key)}:l:tenants"
+
+    def usage_events(self, model_key: str) -> str:
+        """A model's stream of sampled usage records."""
+        return f"{self.admission_tag(model_key)}:events"
+
+    # -- budgets --------------------------------------------------------------------------------
+
+    BUDGET_MEMBER_PREFIX = "@budget:"  # a catalog member no model key can equal ('@' is not in a provider)
+
+    def budget_member(self, tenant: str) -> str:
+        """A tenant's budgets as a member of the catalog's index (beside model keys)."""
+        return f"{self.BUDGET_MEMBER_PREFIX}{tenant}"
+
+    def catalog_item(self, member: str) -> str:
+        """The hash of a catalog index member: a model, or a tenant's budgets."""
+        if member.startswith(self.BUDGET_MEMBER_PREFIX):
+            return f"{self.catalog_tag}:budget:{member[len(self.BUDGET_MEMBER_PREFIX) :]}"
+        return self.model(member)
+
+    def budget_tag(self, tenant: str) -> str:
+        return f"{{{self.namespace}:bud:{tenant}}}"
+
+    def budget_spend(self, tenant: str, scope: str, period: str, index: int) -> str:
+        """Spent and held of one budget (``scope`` "*" or a model key) in one UTC period."""
+        return f"{self.budget_tag(tenant)}:s:{scope}:{period}:{index}"
+
+    def budget_hold(self, tenant: str, reservation_id: str) -> str:
+        """What one admitted request holds on its tenant's budgets."""
+        return f"{self.budget_tag(tenant)}:r:{reservation_id}"
+
+    def budget_events(self, tenant: str) -> str:
+        return f"{self.budget_tag(tenant)}:events"
 
     def catalog_keys(self) -> tuple[str, str, str]:
         """The fixed keys every catalog write script takes first: meta, models, events."""

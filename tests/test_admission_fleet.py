@@ -134,8 +134,8 @@ def test_killed_workers_leave_no_key_without_a_ttl(redis_url: str, r: redis.Redi
     _fleet(_die_midway, redis_url, procs=8)
     model_keys = set(r.scan_iter(match="{registry:adm:*", count=1000))
     # What is meant to last: the catalog, and the ledger's all-time totals of settled requests.
-    totals = {k for k in model_keys if k.endswith(":l:total")}
-    assert totals == {"{registry:adm:openai:gpt-4}:l:total"} | {
+    totals = {k for k in model_keys if k.endswith((":l:total", ":l:tenants"))}
+    assert totals == {"{registry:adm:openai:gpt-4}:l:total", "{registry:adm:openai:gpt-4}:l:tenants"} | {
         f"{{registry:adm:openai:gpt-4}}:t:t{i}:l:total"
         for i in (0, 1)
         if any(j % 4 == 0 and j % 3 == i for j in range(8))

@@ -34,6 +34,8 @@ def dump(r: redis.Redis) -> dict[str, Any]:
             out[key] = r.zrange(key, 0, -1, withscores=True)
         elif kind == "stream":
             out[key] = r.xrange(key)
+        elif kind == "set":
+            out[key] = r.smembers(key)
         else:
             out[key] = r.get(key)
     return out

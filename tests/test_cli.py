@@ -943,12 +943,12 @@ def test_export_and_import_dump(run: Any, tmp_path: Path, redis_url: str) -> Non
     dump_file = tmp_path / "dump.json"
     code, out, err = run("--namespace", "src", "export", "--output", str(dump_file))
     assert (code, err) == (0, "")
-    assert "1 models, 8 ledger hashes" in out
+    assert "1 models, 9 ledger keys" in out
     code, out, _ = run("--namespace", "src", "export")
     assert json.loads(out)["format"] == "registry-export/1"
     code, out, err = run("--namespace", "dst", "import", "dump", str(dump_file))
     assert (code, err) == (0, "")
-    assert "restored 1 models and 8 ledger hashes" in out
+    assert "restored 1 models and 9 ledger keys" in out
     copy = Registry.from_url(redis_url, watch=False, namespace="dst")
     assert copy.get_statistics().total_cost == Decimal("0.06")
     copy.close()

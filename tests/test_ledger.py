@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 
-from registry import BackendError, Registry
+from registry import BackendError, ConfigError, Registry
 from registry.keys import Keys
 from registry.ledger.money import from_units, to_units
 from registry.pricing import estimate
@@ -53,6 +53,62 @@ def test_a_record_adds_hand_computed_counters(reg: Any, r: redis.Redis) -> None:
     assert len(buckets) == 6  # minute, hour and day, for the model and for acme
     assert all(r.pttl(k) > 0 for k in buckets)
     assert r.pttl(TOTAL) == -1  # all-time totals are kept
+
+
+def test_sampled_usage_events_and_the_tenant_set_are_written_with_the_counters(
+    make_registry: Any, r: redis.Redis
+) -> None:
+    quiet = make_registry()
+    quiet.register_model(model())
+    quiet.record_usage("openai:gpt-4", 10, 5, tenant="acme")
+    assert not r.exists(K.usage_events("openai:gpt-4"))  # sampling is off by default
+    assert r.smembers(K.ledger_tenants("openai:gpt-4")) == {"acme"}
+
+    loud = make_registry(usage_event_rate=1.0)
+    loud.record_usage("openai:gpt-4", 1000, 500, tenant="beta", request_id="r-1", latency_ms=42)
+    assert loud.record_usage("openai:gpt-4", 1000, 500, tenant="beta", request_id="r-1").duplicate
+    loud.record_usage("openai:gpt-4", 3, 4, success=False)
+    held = loud.acquire("openai:gpt-4", 100, 100, tenant="gamma", request_id="res-9").reservation
+    loud.settle(held, 100, 20)
+    events = [fields for _, fields in r.xrange(K.usage_events("openai:gpt-4"))]
+    assert events == [  # one per recorded request; the duplicate added none
+        {
+            "type": "usage.recorded",
+            "request_id": "r-1",
+            "tenant": "beta",
+            "requests": "1",
+            "successes": "1",
+            "input_tokens": "1000",
+            "output_tokens": "500",
+            "cost_units": "60000000",
+            "latency_us_sum": "42000",
+            "latency_count": "1",
+            "lat_le_50": "1",
+        },
+        {
+            "type": "usage.recorded",
+            "request_id": "",
+            "tenant": "",
+            "requests": "1",
+            "failures": "1",
+            "input_tokens": "3",
+            "output_tokens": "4",
+            "cost_units": "330000",
+        },
+        {
+            "type": "usage.recorded",
+            "request_id": "res-9",
+            "tenant": "gamma",
+            "requests": "1",
+            "successes": "1",
+            "input_tokens": "100",
+            "output_tokens": "20",
+            "cost_units": "4200000",
+        },
+    ]
+    assert r.smembers(K.ledger_tenants("openai:gpt-4")) == {"acme", "beta", "gamma"}
+    with pytest.raises(ConfigError, match="usage_event_rate"):
+        make_registry(usage_event_rate=1.5)
 
 
 def test_a_request_id_counts_once(reg: Any, r: redis.Redis) -> None:
@@ -322,12 +378,16 @@ def test_export_then_restore_into_a_fresh_namespace_reproduces_every_counter(
     def ledger(ns: str) -> dict[str, Any]:
         found = {}
         for key in r.scan_iter(match=f"{{{ns}:adm:*:l:*"):
-            if ":l:id:" not in key:
+            if key.endswith(":l:tenants"):
+                found[key.removeprefix(f"{{{ns}:")] = (r.smembers(key), r.pttl(key) > 0)
+            elif ":l:id:" not in key:
                 found[key.removeprefix(f"{{{ns}:")] = (counters(r, key), r.pttl(key) > 0)
         return found
 
     assert ledger("copy") == ledger("books")
-    assert len(ledger("books")) == 2 * 4 + 4 + 4  # gpt-4 and acme on it; claude and beta on it
+    # gpt-4 and acme on it; claude and beta on it; each model's tenant set
+    assert len(ledger("books")) == 2 * 4 + 4 + 4 + 2
+    assert ledger("books")["adm:openai:gpt-4}:l:tenants"] == ({"acme"}, False)
     assert target.get_statistics() == source.get_statistics()
     assert [m.key for m in target.list_models()] == [m.key for m in source.list_models()]
     before = dump(r)

@@ -48,3 +48,21 @@ local function add_usage(first, last, pairs_)
   end
   return nil
 end
+
+-- After a recorded request: remember its tenant in the model's tenant set (for statistics by
+-- tenant without SCAN) and, when the client sampled it (cap > 0), add it to the model's
+-- capped usage stream, in the same script as the counters it describes.
+local function note_usage(events_key, cap, request_id, tenant, tenants_key, pairs_)
+  if tenant ~= '' then
+    redis.call('SADD', tenants_key, tenant)
+  end
+  if cap > 0 then
+    local fields = {'type', 'usage.recorded', 'request_id', request_id, 'tenant', tenant}
+    for _, p in ipairs(pairs_) do
+      fields[#fields + 1] = p[1]
+      fields[#fields + 1] = p[2]
+    end
+    redis.call('XADD', events_key, 'MAXLEN', '~', cap, '*', unpack(fields))
+  end
+end
+

@@ -118,6 +118,7 @@ def settle(
     success: bool = True,
     latency_ms: float | None = None,
     predicted_ms: int = 0,
+    sample_cap: int = 0,
 ) -> Flow[bool]:
     """Move each charged amount to its real value (or to 0 for a release); True if it did.
 
@@ -151,7 +152,7 @@ def settle(
         extra_args: list[str | int] = []
         if usage is not None:
             extra_keys, indexes = usage.keys_at(keys, at)
-            extra_args = ["ledger", *indexes, *usage.pairs]
+            extra_args = ["ledger", *indexes, *usage.event_args(reservation.id, sample_cap)]
         reply = yield Script("settle", keys=(*window_keys, *extra_keys), args=(*args, *extra_args))
         try:
             status, server_ms = int(reply[0]), int(reply[1])

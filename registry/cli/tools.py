@@ -115,7 +115,7 @@ def cmd_export(ctx: Context) -> int:
         ctx.out.stdout.flush()
         return 0
     Path(ctx.args.output).write_text(text, encoding="utf-8")
-    ctx.out.line(f"wrote {ctx.args.output}: {len(document['catalog'])} models, {len(document['ledger'])} ledger hashes")
+    ctx.out.line(f"wrote {ctx.args.output}: {len(document['catalog'])} models, {len(document['ledger'])} ledger keys")
     return 0
 
 
@@ -132,5 +132,5 @@ def cmd_import_dump(ctx: Context) -> int:
         raise ConfigError(f"{path}: not valid JSON: {exc}") from None
     with ctx.registry() as reg:
         written = reg.restore(document)
-    ctx.out.line(f"restored {len(document.get('catalog', []))} models and {written} ledger hashes from {path}")
+    ctx.out.line(f"restored {len(document.get('catalog', []))} models and {written} ledger keys from {path}")
     return 0

@@ -85,15 +85,23 @@ class Usage:
         return cls(model.key, tenant, cost, units, tuple(pairs))
 
     def keys_at(self, keys: Keys, at_ms: int) -> tuple[list[str], tuple[int, int, int]]:
-        """The ledger hashes (model's, then tenant's) named after the buckets of ``at_ms``."""
+        """The script's ledger keys: the usage stream, the model's hashes named after the
+        buckets of ``at_ms``, and the tenant's with the model's tenant set."""
         indexes = (at_ms // 60_000, at_ms // 3_600_000, at_ms // 86_400_000)
         scopes = [None] if self.tenant is None else [None, self.tenant]
-        names = [
+        names = [keys.usage_events(self.model_key)]
+        names += [
             keys.ledger(self.model_key, period, index, scope)
             for scope in scopes
             for period, index in (("total", None), ("m", indexes[0]), ("h", indexes[1]), ("d", indexes[2]))
         ]
+        if self.tenant is not None:
+            names.append(keys.ledger_tenants(self.model_key))
         return names, indexes
+
+    def event_args(self, request_id: str, sample_cap: int) -> tuple[str | int, ...]:
+        """The request id, the usage event's cap (0: none) and tenant, then the counter pairs."""
+        return (request_id, sample_cap, self.tenant or "", *self.pairs)
 
 
 def record(
@@ -108,6 +116,7 @@ def record(
     request_id: str | None = None,
     now_ms: int | None = None,
     predicted_ms: int,
+    sample_cap: int = 0,
 ) -> Flow[UsageRecord]:
     """Add one request's usage to the model's (and the tenant's) counters, once per id.
 
@@ -131,8 +140,7 @@ def record(
                 "" if now_ms is None else now_ms,
                 *indexes,
                 REQUEST_ID_TTL_MS,
-                "1" if request_id else "0",
-                *usage.pairs,
+                *usage.event_args(request_id or "", sample_cap),
             ),
         )
         try:

@@ -25,6 +25,11 @@ def _ledger_pattern(keys: Keys) -> str:
     return f"{{{keys.namespace}:adm:*:l:*"
 
 
+def _is_set(key: str) -> bool:
+    """A model's tenant set (the only ledger key that is not a hash of counters)."""
+    return key.endswith(":l:tenants")
+
+
 def export_ledger(keys: Keys, snapshot: Snapshot) -> Flow[dict[str, Any]]:
     """The document: catalog models, and each ledger hash with its counters and TTL."""
     found: list[str] = []
@@ -36,12 +41,16 @@ def export_ledger(keys: Keys, snapshot: Snapshot) -> Flow[dict[str, Any]]:
         if cursor == "0":
             break
     names = sorted(set(found))
-    replies = yield Commands(tuple(cmd for k in names for cmd in (("HGETALL", k), ("PTTL", k))), False)
+    replies = yield Commands(
+        tuple(cmd for k in names for cmd in ((("SMEMBERS" if _is_set(k) else "HGETALL"), k), ("PTTL", k))), False
+    )
     prefix = f"{{{keys.namespace}:"
-    ledger = {}
+    ledger: dict[str, Any] = {}
     for i, key in enumerate(names):
         counters, ttl = replies[2 * i], int(replies[2 * i + 1])
-        if counters:
+        if _is_set(key):
+            ledger[key.removeprefix(prefix)] = {"members": sorted(text(m) for m in counters)}
+        elif counters:
             ledger[key.removeprefix(prefix)] = {
                 "counters": {text(f): int(v) for f, v in counters.items()},
                 "ttl_ms": ttl if ttl > 0 else None,
@@ -64,6 +73,12 @@ def import_ledger(keys: Keys, document: dict[str, Any]) -> Flow[int]:
     commands: list[tuple[Any, ...]] = []
     for suffix, entry in sorted(document.get("ledger", {}).items()):
         key = f"{{{keys.namespace}:{suffix}"
+        if _is_set(key):
+            members = entry.get("members")
+            if not members or not all(isinstance(m, str) for m in members):
+                raise ConfigError(f"ledger entry {suffix!r}: members must be names")
+            commands.append(("SADD", key, *members))
+            continue
         counters = entry["counters"]
         if not counters or not all(isinstance(v, int) and not isinstance(v, bool) for v in counters.values()):
             raise ConfigError(f"ledger entry {suffix!r}: counters must be integers")
