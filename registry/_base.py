@@ -14,7 +14,10 @@ from typing import Any
 from registry._core import Flow
 from registry.admission import ops as admission
 from registry.admission.ops import Mode
-from registry.admission.types import Decision, Reservation
+from registry.admission.types import Decision, Reservation, check_tenant
+from registry.budgets import ops as budget_ops
+from registry.budgets.periods import PERIODS
+from registry.budgets.types import Budget, BudgetStatus
 from registry.catalog.codec import CatalogEntry
 from registry.catalog.ops import Write, coerce_model
 from registry.catalog.search import SearchQuery
@@ -119,7 +122,15 @@ class RegistryBase:
             request_id=request_id,
             mode=mode,
             now_ms=self._now_ms(),
+            budgets=snapshot.budgets_for(tenant, model),
+            predicted_ms=self._predicted_ms(),
         )
+
+    def _predicted_ms(self) -> int:
+        """Our best guess of the server's clock (ours, corrected by what replies taught us)."""
+        if self._test_clock is not None:
+            return int(self._test_clock())
+        return int(time.time() * 1000) + self._offset_ms
 
     def _cached_denial(self, model_key: str, tenant: str | None) -> Decision | None:
         """A refusal remembered locally until its retry_after (``cache_denials=True``)."""
@@ -172,6 +183,8 @@ class RegistryBase:
         if latency_ms is not None and (isinstance(latency_ms, bool) or not latency_ms >= 0):
             raise ConfigError(f"latency_ms must be a number >= 0, got {latency_ms!r}")
         row = None if snapshot is None else snapshot.rows.get(getattr(reservation, "model_key", ""))
+        tenant = getattr(reservation, "tenant", None) or ""
+        tenant_budgets = () if snapshot is None else snapshot.budgets.get(tenant, ())
         return admission.settle(
             self.keys,
             reservation,
@@ -182,8 +195,9 @@ class RegistryBase:
             model=None if row is None else row.model,  # a model since deleted: windows only
             success=success,
             latency_ms=latency_ms,
-            predicted_ms=int(time.time() * 1000) + self._offset_ms,
+            predicted_ms=self._predicted_ms(),
             sample_cap=self._sample_cap(),
+            budgets={(b.scope, b.period): b for b in tenant_budgets},
         )
 
     # -- ledger, shared by both clients --------------------------------------------------------
@@ -209,7 +223,7 @@ class RegistryBase:
             tenant=tenant,
             request_id=request_id,
             now_ms=self._now_ms(),
-            predicted_ms=int(time.time() * 1000) + self._offset_ms,
+            predicted_ms=self._predicted_ms(),
             sample_cap=self._sample_cap(),
         )
 
@@ -228,6 +242,70 @@ class RegistryBase:
         if model is not None:
             return [snapshot.get(self._key(model))]
         return snapshot.search(SearchQuery.build(provider=provider))
+
+    # -- budgets, shared by both clients --------------------------------------------------------
+
+    @staticmethod
+    def _budget_put(
+        snapshot: Snapshot,
+        tenant: str,
+        amount: Decimal | int | str,
+        period: str,
+        model: str | None,
+        currency: str,
+        thresholds: Sequence[int],
+    ) -> tuple[Budget, Callable[[tuple[Budget, ...]], tuple[Budget, ...]]]:
+        """The budget to set, and the edit of the tenant's list that sets it."""
+        if isinstance(amount, float):
+            raise ConfigError(f"amount must be a Decimal, int or decimal string (never a float), got {amount!r}")
+        budget = Budget.build(
+            tenant=tenant, amount=amount, period=period, model=model, currency=currency, thresholds=tuple(thresholds)
+        )
+        if model is not None:
+            snapshot.get(model)  # a budget of a model that does not exist is a typo: say so
+
+        def edit(current: tuple[Budget, ...]) -> tuple[Budget, ...]:
+            others = [b for b in current if (b.scope, b.period) != (budget.scope, budget.period)]
+            return tuple(sorted([*others, budget], key=_budget_order))
+
+        return budget, edit
+
+    @staticmethod
+    def _budget_drop(
+        tenant: str, period: str, model: str | None
+    ) -> tuple[str, Callable[[tuple[Budget, ...]], tuple[Budget, ...]]]:
+        checked = check_tenant(tenant)
+        if checked is None:
+            raise ConfigError("tenant must be a name, got None")
+        if period not in PERIODS:
+            raise ConfigError(f"period must be one of {', '.join(PERIODS)}, got {period!r}")
+        scope = model or "*"
+        return checked, lambda current: tuple(b for b in current if (b.scope, b.period) != (scope, period))
+
+    def _budget_status_flow(self, snapshot: Snapshot, tenant: str) -> Flow[list[BudgetStatus]]:
+        checked = check_tenant(tenant)
+        if checked is None:
+            raise ConfigError("tenant must be a name, got None")
+        return budget_ops.status(self.keys, checked, snapshot.budgets.get(checked, ()), self._predicted_ms())
+
+    @staticmethod
+    def _budgets_of(snapshot: Snapshot, tenant: str | None) -> list[Budget]:
+        if tenant is None:
+            return [b for held in snapshot.budgets.values() for b in held]
+        return list(snapshot.budgets.get(check_tenant(tenant) or "", ()))
+
+    @staticmethod
+    def _restore_plan(document: Any) -> tuple[list[ModelSpec], dict[str, tuple[Budget, ...]]]:
+        """From an export: its models, and each tenant's budgets."""
+        body = document if isinstance(document, dict) else {}
+        catalog = [coerce_model(m, where=f"catalog[{i}]") for i, m in enumerate(body.get("catalog", []))]
+        by_tenant: dict[str, list[Budget]] = {}
+        for raw in body.get("budgets", []):
+            if not isinstance(raw, dict):
+                raise ConfigError(f"budgets: expected objects, got {raw!r}")
+            budget = Budget.build(**raw)
+            by_tenant.setdefault(budget.tenant, []).append(budget)
+        return catalog, {t: tuple(sorted(b, key=_budget_order)) for t, b in by_tenant.items()}
 
     @staticmethod
     def compare_versions(a: str, b: str) -> int:
@@ -282,6 +360,10 @@ class RegistryBase:
         )
         ranked = snapshot.cheapest(query, limit=limit, input_tokens=input_tokens, output_tokens=output_tokens)
         return [model for model, _ in ranked]
+
+
+def _budget_order(budget: Budget) -> tuple[str, int]:
+    return budget.scope, PERIODS.index(budget.period)
 
 
 def estimate_from(snapshot: Snapshot, model_key: str, *tokens: int) -> Decimal:

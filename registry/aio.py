@@ -18,14 +18,16 @@ from registry import _core
 from registry._base import DEFAULT_REFRESH_INTERVAL, RegistryBase, check_url, estimate_from, log
 from registry.admission.ticket import AsyncAdmit
 from registry.admission.types import Decision, Reservation, check_tenant
+from registry.budgets import ops as budget_ops
+from registry.budgets.types import DEFAULT_THRESHOLDS, Budget, BudgetStatus
 from registry.catalog import ops
 from registry.catalog import sync as catalog_sync
 from registry.catalog.codec import CatalogEntry
-from registry.catalog.ops import coerce_model
 from registry.catalog.search import SearchQuery
 from registry.catalog.snapshot import Snapshot
 from registry.catalog.sync import SyncPlan
-from registry.errors import ModelNotFoundError, map_redis_errors
+from registry.errors import ModelNotFoundError, RegistryError, map_redis_errors
+from registry.events import Callback, Event, Follower, Subscription, event_types, recent_events
 from registry.keys import DEFAULT_NAMESPACE
 from registry.ledger import stats as ledger_stats
 from registry.ledger import transfer
@@ -173,6 +175,7 @@ class AsyncRegistry(RegistryBase):
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+        await self._stop_events()
         if self._owns_client:
             await self.redis.aclose()
 
@@ -382,6 +385,62 @@ class AsyncRegistry(RegistryBase):
         )
         return AsyncAdmit(self, model_key, kwargs)
 
+    # -- events ---------------------------------------------------------------------------------
+
+    _follower: Follower | None = None
+    _follower_task: asyncio.Task[None] | None = None
+
+    async def on(self, event_type: str, callback: Callback) -> Subscription:
+        """Call ``callback(event)`` for every event of ``event_type`` written from now on.
+
+        ``event_type``: "catalog.changed", "usage.recorded", "budget.threshold" or "*" (all);
+        see :class:`registry.events.Event`. Callbacks, plain or coroutine functions (awaited),
+        run one at a time, in order, in one task that follows the streams; one that raises is
+        logged (logger "registry") and the rest go on. Returns a
+        :class:`~registry.events.Subscription`: call it to unsubscribe. ``aclose()`` stops it.
+        """
+        if self._closed:
+            raise RegistryError("the client is closed")
+        follower = self._follower = self._follower or Follower(self.keys)
+        subscription = await self._run(follower.subscribe(event_type, callback, await self._catalog()))
+        if self._follower_task is None or self._follower_task.done():
+            self._follower_task = asyncio.create_task(self._follow(follower), name=f"registry-events-{self.namespace}")
+        return subscription
+
+    async def events(
+        self, event_type: str | Sequence[str] = "*", *, last: int = 20, since_id: str | None = None
+    ) -> list[Event]:
+        """The last ``last`` events of ``event_type`` (one, several or "*"), oldest first.
+
+        With ``since_id``, the first ``last`` after that stream entry id (usage and budget
+        ids are server milliseconds, ``<ms>-<n>``; the catalog's are ``<revision>-0``).
+        """
+        snapshot = await self._catalog()
+        return await self._run(
+            recent_events(self.keys, snapshot, event_types(event_type), last=last, since_id=since_id)
+        )
+
+    async def _follow(self, follower: Follower) -> None:
+        backoff = 0.05
+        while not self._closed:
+            try:
+                batch = await self._run(follower.poll())
+            except Exception as exc:  # keep following whatever happens
+                log.warning("event follower: %s; retrying in %.2fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = 0.05
+            for event in batch:
+                await follower.adeliver(event)
+
+    async def _stop_events(self) -> None:
+        task, self._follower_task = self._follower_task, None
+        if task is not None and task is not asyncio.current_task():  # aclose() in a callback
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     # -- ledger ---------------------------------------------------------------------------------
 
     async def record_usage(
@@ -414,10 +473,13 @@ class AsyncRegistry(RegistryBase):
         provider: str | None = None,
         currency: str = "USD",
     ) -> Statistics:
-        """Ledger totals (cost, tokens, requests, outcomes), overall and ``by_model``.
+        """Ledger totals (cost, tokens, requests, outcomes): overall, ``by_model``,
+        ``by_provider``, ``by_capability`` and ``by_tenant``.
 
         For one model, one provider's models, or every model; for one tenant or everyone;
-        over all time or ``since``..``until`` (UTC hour or day buckets); in one round trip.
+        over all time or ``since``..``until`` (UTC hour or day buckets); in at most two round
+        trips however many models. The totals and breakdowns add up only the models priced in
+        ``currency`` (see :class:`~registry.ledger.stats.Statistics`).
         """
         models = self._models_for((await self._catalog()), model, provider)
         return await self._run(
@@ -447,16 +509,82 @@ class AsyncRegistry(RegistryBase):
         model = (await self._catalog()).get(self._key(model_key))
         return await self._run(ledger_stats.model_performance(self.keys, model, LATENCY_EDGES_MS))
 
+    async def rank_models(
+        self,
+        by: str = "cost_efficiency",
+        *,
+        provider: str | Sequence[str] | None = None,
+        capability: str | Sequence[str] | None = None,
+        min_requests: int = 1,
+        limit: int | None = None,
+    ) -> list[ledger_stats.ModelRanking]:
+        """Models ranked by their all-time ledger, in one round trip; best first.
+
+        ``by``: "cost_efficiency" (cheapest per successful request; USD models, others after),
+        "latency" (p95, then p50), "throughput" (output tokens per second) or "success_rate".
+        Models of ``provider`` / with ``capability`` only; those with fewer than
+        ``min_requests`` requests are left out; ``limit`` keeps the first rows. See
+        :func:`registry.ledger.stats.rank_models`.
+        """
+        models = (await self._catalog()).search(SearchQuery.build(provider=provider, capability=capability))
+        flow = ledger_stats.rank_models(
+            self.keys, models, LATENCY_EDGES_MS, by=by, min_requests=min_requests, limit=limit
+        )
+        return await self._run(flow)
+
+    # -- budgets --------------------------------------------------------------------------------
+
+    async def set_budget(
+        self,
+        tenant: str,
+        amount: Decimal | int | str,
+        period: str = "day",
+        model: str | None = None,
+        *,
+        currency: str = "USD",
+        thresholds: Sequence[int] = DEFAULT_THRESHOLDS,
+    ) -> Budget:
+        """Cap what ``tenant`` spends per UTC ``period`` ("day", "week" or "month"), on every
+        model or on one ``model``; replaces the budget of the same model and period.
+
+        ``acquire`` then refuses a request of the tenant whose estimated cost would take spent
+        plus held beyond ``amount``; ``thresholds`` (percent) raise one ``budget.threshold``
+        event each per period. Budgets are catalog items: every client follows them.
+        """
+        budget, edit = self._budget_put(await self._catalog(), tenant, amount, period, model, currency, thresholds)
+        await self._run(budget_ops.change(self.keys, budget.tenant, edit))
+        await self._written(0)
+        return budget
+
+    async def delete_budget(self, tenant: str, period: str = "day", model: str | None = None) -> bool:
+        """Remove a budget; False if there was none. What was spent stays in the ledger."""
+        checked, edit = self._budget_drop(tenant, period, model)
+        before = len(self._budgets_of(await self._catalog(), checked))
+        after = await self._run(budget_ops.change(self.keys, checked, edit))
+        await self._written(0)
+        return len(after) < before
+
+    async def get_budgets(self, tenant: str | None = None) -> list[Budget]:
+        """A tenant's budgets (every tenant's with None), from the local catalog copy."""
+        return self._budgets_of(await self._catalog(), tenant)
+
+    async def budget_status(self, tenant: str) -> list[BudgetStatus]:
+        """Spent, held and thresholds reached of each budget of ``tenant``, in its current period."""
+        return await self._run(self._budget_status_flow(await self._catalog(), tenant))
+
     async def export(self) -> dict[str, Any]:
         """The catalog and every ledger counter, as one JSON-able document (see ``restore``)."""
         return await self._run(transfer.export_ledger(self.keys, (await self._catalog())))
 
     async def restore(self, document: dict[str, Any]) -> int:
-        """Load an :meth:`export` into this (empty) namespace: catalog, then ledger counters.
+        """Load an :meth:`export` into this (empty) namespace: ledger counters, catalog, budgets.
 
         Returns the number of ledger keys written; every counter equals the exported one.
         """
-        catalog = [coerce_model(m) for m in (document.get("catalog", []) if isinstance(document, dict) else [])]
+        catalog, budgets = self._restore_plan(document)
         written = await self._run(transfer.import_ledger(self.keys, document))  # refuses a used namespace
         await self.sync_models(catalog)
+        for tenant, held in budgets.items():
+            await self._run(budget_ops.change(self.keys, tenant, budget_ops.setting(held)))
+        await self._written(0)
         return written

@@ -366,11 +366,19 @@ def test_export_then_restore_into_a_fresh_namespace_reproduces_every_counter(
     source.register_models([model(rate_limit={"tokens_per_minute": 10**6}), MODELS[1]])
     for i in range(30):
         source.record_usage("openai:gpt-4", 100 + i, 7 * i, tenant=["acme", None][i % 2], latency_ms=i * 40)
+    source.set_budget("beta", "5", "week", thresholds=[1, 50])
+    source.set_budget("beta", "2", "day", model="anthropic:claude")
     held = source.acquire("anthropic:claude", 500, 500, tenant="beta").reservation
     source.settle(held, 500, 123, success=False, latency_ms=2000)
+    in_flight = source.acquire("anthropic:claude", 10, 10, tenant="beta").reservation  # a hold: not books
     document = json.loads(json.dumps(source.export()))  # it survives JSON
     assert document["format"] == "registry-export/1"
     assert len(document["catalog"]) == 2
+    assert [(b["tenant"], b["period"]) for b in document["budgets"]] == [("beta", "week"), ("beta", "day")]
+    spends = {k: v["counters"] for k, v in document["ledger"].items() if k.startswith("bud:")}
+    assert len(spends) == 2
+    assert all(set(c) <= {"spent", "t:1"} and c["spent"] > 0 for c in spends.values())
+    assert in_flight is not None
 
     target = make_registry(namespace="copy")
     assert target.restore(document) == len(document["ledger"])
@@ -389,6 +397,11 @@ def test_export_then_restore_into_a_fresh_namespace_reproduces_every_counter(
     assert len(ledger("books")) == 2 * 4 + 4 + 4 + 2
     assert ledger("books")["adm:openai:gpt-4}:l:tenants"] == ({"acme"}, False)
     assert target.get_statistics() == source.get_statistics()
+    assert target.get_budgets() == source.get_budgets()
+    assert [(s.spent, s.thresholds_reached) for s in target.budget_status("beta")] == [
+        (s.spent, s.thresholds_reached) for s in source.budget_status("beta")
+    ]
+    assert target.budget_status("beta")[0].held == 0 < source.budget_status("beta")[0].held
     assert [m.key for m in target.list_models()] == [m.key for m in source.list_models()]
     before = dump(r)
     with pytest.raises(ConfigError, match="already has a ledger"):

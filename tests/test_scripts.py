@@ -25,7 +25,7 @@ def call(r: redis.Redis, models: list[str], args: list[Any]) -> Any:
 
 
 def test_every_script_has_a_contract_header() -> None:
-    assert scripts.names() == ["acquire", "catalog_write", "record_usage", "settle"]
+    assert scripts.names() == ["acquire", "budget_reserve", "budget_settle", "catalog_write", "record_usage", "settle"]
     for name in scripts.names():
         source = scripts.load(name).source
         for part in ("-- KEYS[1]", "-- ARGV[1]", "-- returns"):

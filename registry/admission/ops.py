@@ -7,7 +7,8 @@ the testing clock hook gives one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -15,11 +16,14 @@ import msgspec
 
 from registry._core import Flow, Script, text
 from registry.admission.types import LIMIT_NAMES, Decision, LimitSpec, Reservation, applicable_limits, check_tenant
+from registry.budgets import ops as budget_ops
+from registry.budgets.types import Budget
 from registry.errors import ConfigError, RequestTooLargeError, ScriptError
 from registry.keys import Keys
+from registry.ledger.money import to_units
 from registry.ledger.ops import Usage
 from registry.models import MAX_TOKENS, ModelSpec
-from registry.pricing import check_tokens
+from registry.pricing import check_tokens, estimate
 
 __all__ = ["DEFAULT_RESERVATION_TTL_MS", "acquire", "settle"]
 
@@ -47,8 +51,15 @@ def acquire(
     mode: Mode = "acquire",
     now_ms: int | None = None,
     reservation_ttl_ms: int = DEFAULT_RESERVATION_TTL_MS,
+    budgets: Sequence[Budget] = (),
+    predicted_ms: int = 0,
 ) -> Flow[Decision]:
-    """Check and consume every limit of ``model`` (and of ``tenant`` on it) at once."""
+    """Check and consume every limit of ``model`` (and of ``tenant`` on it) at once.
+
+    With ``budgets`` (the tenant's, that the request counts against) the estimated cost is
+    held on them first, in the tenant's slot, and given back if the windows refuse: see
+    :mod:`registry.budgets.ops` for the order and the window it leaves.
+    """
     input_tokens = check_tokens("input_tokens", input_tokens)
     if max_output_tokens is None:
         max_output_tokens = model.max_output_tokens or 0
@@ -62,6 +73,71 @@ def acquire(
     reservation = Reservation(
         model.key, request_id or Reservation.new_id(), tenant, input_tokens, max_output_tokens, Reservation.new_id()
     )
+    check = None
+    if budgets and tenant is not None:
+        estimate_units = to_units(estimate(model.cost, input_tokens, max_output_tokens))
+        check = yield from budget_ops.reserve(
+            keys,
+            budgets,
+            tenant=tenant,
+            reservation_id=reservation.id,
+            token=reservation.token,
+            estimate_units=estimate_units,
+            mode=mode,
+            now_ms=now_ms,
+            predicted_ms=predicted_ms,
+            ttl_ms=reservation_ttl_ms,
+        )
+        if check.status == 3:
+            assert check.budget is not None
+            raise RequestTooLargeError(model.key, check.budget.name, estimate_units, check.budget.units)
+        if check.status == 0:
+            assert check.budget is not None
+            return Decision(False, check.wait_ms / 1000, check.budget.name, MappingProxyType(dict(check.remaining)))
+        reservation = msgspec.structs.replace(reservation, budgets=check.periods)
+    try:
+        decision = yield from _acquire_windows(keys, model, reservation, tokens, mode, now_ms, reservation_ttl_ms)
+    except RequestTooLargeError:
+        if check is not None and check.fresh and mode != "peek":
+            yield from _give_back(keys, reservation, model, now_ms)
+        raise
+    if check is None:
+        return decision
+    if check.fresh and mode != "peek" and (not decision.allowed or decision.duplicate):
+        yield from _give_back(keys, reservation, model, now_ms)  # the windows refused: compensate
+        if not decision.allowed:
+            return decision
+    remaining = MappingProxyType({**decision.remaining, **check.remaining})
+    would_deny = decision.would_deny or (check.budget.name if check.status == 4 and check.budget else None)
+    return dataclasses.replace(decision, remaining=remaining, would_deny=would_deny)
+
+
+def _give_back(keys: Keys, reservation: Reservation, model: ModelSpec, now_ms: int | None) -> Flow[int | None]:
+    """Release a budget hold this acquire made (its windows refused the request)."""
+    assert reservation.tenant is not None
+    return budget_ops.finish(
+        keys,
+        {},
+        tenant=reservation.tenant,
+        reservation_id=reservation.id,
+        token=reservation.token,
+        periods=reservation.budgets,
+        cost_units=None,
+        currency=model.cost.currency,
+        now_ms=now_ms,
+    )
+
+
+def _acquire_windows(
+    keys: Keys,
+    model: ModelSpec,
+    reservation: Reservation,
+    tokens: int,
+    mode: Mode,
+    now_ms: int | None,
+    reservation_ttl_ms: int,
+) -> Flow[Decision]:
+    tenant = reservation.tenant
     limits = applicable_limits(model, tenant)
     args: list[str | int] = [_now_arg(now_ms), mode, reservation_ttl_ms, len(limits), reservation.token]
     for spec in limits:
@@ -119,6 +195,7 @@ def settle(
     latency_ms: float | None = None,
     predicted_ms: int = 0,
     sample_cap: int = 0,
+    budgets: Mapping[tuple[str, str], Budget] | None = None,
 ) -> Flow[bool]:
     """Move each charged amount to its real value (or to 0 for a release); True if it did.
 
@@ -146,6 +223,21 @@ def settle(
     usage = None
     if model is not None and not release:
         usage = Usage.of(model, used_in, used_out, bool(success), latency_ms, reservation.tenant)
+    budgets_done = None
+    if reservation.budgets and reservation.tenant is not None:
+        # First the budgets (the tenant's slot), then the windows and the ledger (the model's):
+        # each is idempotent on its own, so a retry after a failure between them completes both.
+        budgets_done = yield from budget_ops.finish(
+            keys,
+            budgets or {},
+            tenant=reservation.tenant,
+            reservation_id=reservation.id,
+            token=reservation.token,
+            periods=reservation.budgets,
+            cost_units=None if usage is None else usage.units,
+            currency="" if model is None else model.cost.currency,
+            now_ms=now_ms,
+        )
     at = predicted_ms if now_ms is None else now_ms
     for _ in range(2):
         extra_keys: list[str] = []
@@ -159,6 +251,6 @@ def settle(
         except (TypeError, ValueError, IndexError) as exc:
             raise ScriptError(f"settle: malformed reply {reply!r}") from exc
         if status != 2:
-            return status == 1
+            return status == 1 or budgets_done is not None
         at = server_ms  # ledger buckets named after another minute: once more, after the server's
     raise ScriptError("settle: the server's clock moved past a bucket twice; try again")

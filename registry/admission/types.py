@@ -93,6 +93,8 @@ class Reservation(msgspec.Struct, frozen=True, array_like=True):
     max_output_tokens: int = 0
     # Which acquire under this id: a stale handle (the id since reused) settles nothing.
     token: str = ""
+    # The budget periods holding this request's estimate: (scope, period, index) each.
+    budgets: tuple[tuple[str, str, int], ...] = ()
 
     @staticmethod
     def new_id() -> str:

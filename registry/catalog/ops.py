@@ -13,9 +13,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import msgspec
 from pydantic import ValidationError
 
 from registry._core import Commands, Flow, Script, text, validation_error
+from registry.budgets.types import Budget, decode_budgets
 from registry.catalog.codec import CatalogEntry, decode_entry, encode_fields_json
 from registry.catalog.snapshot import Snapshot
 from registry.errors import (
@@ -51,9 +53,10 @@ class Write:
     """One model write of a batch; ``expected`` is a revision to compare and set (0: absent)."""
 
     op: Literal["create", "put", "delete"]
-    key: str
+    key: str  # a model key, or a tenant's budgets (Keys.budget_member)
     expected: int | None = None
     model: ModelSpec | None = None
+    fields: Mapping[str, str] | None = None  # the hash of an item that is not a model
 
 
 def coerce_model(value: ModelSpec | Mapping[str, Any], *, where: str = "") -> ModelSpec:
@@ -97,15 +100,19 @@ def write(keys: Keys, writes: Sequence[Write], *, events_cap: int = EVENTS_CAP) 
     seen: set[str] = set()
     args: list[str | int] = [events_cap, keys.changes_channel, len(writes)]
     for w in writes:
-        parse_model_key(w.key)
+        if not w.key.startswith(Keys.BUDGET_MEMBER_PREFIX):
+            parse_model_key(w.key)
         if w.key in seen:
             raise ConfigError(f"the batch writes {w.key} twice")
         seen.add(w.key)
-        body = "" if w.model is None else encode_fields_json(w.model)
+        if w.model is not None:
+            body = encode_fields_json(w.model)
+        else:
+            body = "" if w.fields is None else msgspec.json.encode(dict(w.fields)).decode()
         args += [w.op, w.key, "" if w.expected is None else w.expected, body]
     reply = yield Script(
         "catalog_write",
-        keys=(*keys.catalog_keys(), *(keys.model(w.key) for w in writes)),
+        keys=(*keys.catalog_keys(), *(keys.catalog_item(w.key) for w in writes)),
         args=tuple(args),
     )
     try:
@@ -154,13 +161,20 @@ def update(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _entries(replies: Iterable[Any]) -> dict[str, CatalogEntry]:
-    out = {}
-    for raw in replies:
-        if raw:
+def _items(
+    members: Sequence[str], replies: Iterable[Any]
+) -> tuple[dict[str, CatalogEntry], dict[str, tuple[Budget, ...] | None]]:
+    """Decode the hashes of catalog members: models by key, and budgets by tenant (None: gone)."""
+    entries: dict[str, CatalogEntry] = {}
+    budgets: dict[str, tuple[Budget, ...] | None] = {}
+    for member, raw in zip(members, replies, strict=True):
+        if member.startswith(Keys.BUDGET_MEMBER_PREFIX):
+            tenant = member[len(Keys.BUDGET_MEMBER_PREFIX) :]
+            budgets[tenant] = decode_budgets(raw)[1] if raw else None
+        elif raw:
             entry = decode_entry(raw)
-            out[entry.model.key] = entry
-    return out
+            entries[entry.model.key] = entry
+    return entries, budgets
 
 
 def _meta(keys: Keys) -> tuple[str, ...]:
@@ -178,12 +192,13 @@ def load_snapshot(keys: Keys) -> Flow[Snapshot]:
         meta, members = yield Commands((_meta(keys), ("ZRANGE", keys.models, 0, -1)))
         revision, epoch = _revision_epoch(meta)
         members = [text(m) for m in members]
-        replies = yield Commands((*(("HGETALL", keys.model(m)) for m in members), _meta(keys)))
+        replies = yield Commands((*(("HGETALL", keys.catalog_item(m)) for m in members), _meta(keys)))
         if _revision_epoch(replies[-1]) == (revision, epoch):
             break
     # After a few racing writers, keep what was read: it is at least `revision`, and the next
     # refresh replays the events after it.
-    return Snapshot.build(revision, epoch, _entries(replies[:-1]))
+    entries, budgets = _items(members, replies[:-1])
+    return Snapshot.build(revision, epoch, entries, {t: b for t, b in budgets.items() if b})
 
 
 def refresh(keys: Keys, snapshot: Snapshot | None) -> Flow[Snapshot]:
@@ -214,9 +229,9 @@ def refresh(keys: Keys, snapshot: Snapshot | None) -> Flow[Snapshot]:
         for name in ("put", "deleted"):
             touched.update((k, None) for k in fields.get(name, "").split("\n") if k)
     keys_touched = list(touched)
-    replies = yield Commands(tuple(("HGETALL", keys.model(k)) for k in keys_touched), transaction=True)
-    fetched = _entries(replies)
-    deleted = [k for k in keys_touched if k not in fetched]
+    replies = yield Commands(tuple(("HGETALL", keys.catalog_item(k)) for k in keys_touched), transaction=True)
+    fetched, budgets = _items(keys_touched, replies)
+    deleted = [k for k in keys_touched if k not in fetched and not k.startswith(Keys.BUDGET_MEMBER_PREFIX)]
     # Hashes may be newer than `revision` if a write landed in between; they are still
     # current, and the next refresh replays from `revision` anyway.
-    return snapshot.changed(revision, fetched.values(), deleted)
+    return snapshot.changed(revision, fetched.values(), deleted, budgets)

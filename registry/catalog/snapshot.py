@@ -17,6 +17,7 @@ from typing import Any
 
 import semver
 
+from registry.budgets.types import Budget
 from registry.catalog.codec import CatalogEntry
 from registry.catalog.search import SearchQuery
 from registry.errors import ModelNotFoundError
@@ -61,15 +62,30 @@ class Snapshot:
     epoch: str = ""
     rows: Mapping[str, Row] = field(default_factory=dict)
     index: Index = field(default_factory=dict)
+    # Each tenant's budgets (catalog items beside the models), so admission reads them locally.
+    budgets: Mapping[str, tuple[Budget, ...]] = field(default_factory=dict)
     # Rankings by reference request, computed on first use; safe to share: the snapshot never changes.
     _ranked: dict[tuple[int, int], list[tuple[Decimal, str]]] = field(default_factory=dict, compare=False)
 
     @classmethod
-    def build(cls, revision: int, epoch: str, entries: Mapping[str, CatalogEntry]) -> Snapshot:
-        return cls(revision, epoch).changed(revision, entries.values(), ())
+    def build(
+        cls,
+        revision: int,
+        epoch: str,
+        entries: Mapping[str, CatalogEntry],
+        budgets: Mapping[str, tuple[Budget, ...]] | None = None,
+    ) -> Snapshot:
+        return cls(revision, epoch).changed(revision, entries.values(), (), budgets)
 
-    def changed(self, revision: int, put: Iterable[CatalogEntry], deleted: Iterable[str]) -> Snapshot:
-        """A new snapshot at ``revision`` with these entries written and keys removed."""
+    def changed(
+        self,
+        revision: int,
+        put: Iterable[CatalogEntry],
+        deleted: Iterable[str],
+        budgets: Mapping[str, tuple[Budget, ...] | None] | None = None,
+    ) -> Snapshot:
+        """A new snapshot at ``revision`` with these entries written and keys removed, and
+        these tenants' budgets replaced (None: removed)."""
         rows = dict(self.rows)
         # Terms touched by this change, as mutable sets; frozen again at the end, so a change
         # costs in proportion to the terms it touches, and a full build is linear.
@@ -108,7 +124,22 @@ class Snapshot:
             else:
                 index[name].pop(term, None)
         frozen = MappingProxyType({name: MappingProxyType(terms) for name, terms in index.items()})
-        return Snapshot(revision, self.epoch, MappingProxyType(rows), frozen)
+        held = self.budgets
+        if budgets:
+            merged = dict(self.budgets)
+            for tenant, tenant_budgets in budgets.items():
+                if tenant_budgets:
+                    merged[tenant] = tenant_budgets
+                else:
+                    merged.pop(tenant, None)
+            held = MappingProxyType(merged)
+        return Snapshot(revision, self.epoch, MappingProxyType(rows), frozen, held)
+
+    def budgets_for(self, tenant: str | None, model: ModelSpec) -> list[Budget]:
+        """The budgets a request of ``tenant`` on ``model`` counts against (same currency)."""
+        if tenant is None:
+            return []
+        return [b for b in self.budgets.get(tenant, ()) if b.applies_to(model.key, model.cost.currency)]
 
     # -- reads ------------------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 
 from registry import __version__
-from registry.cli import catalog, demo, sync, tools
+from registry.cli import catalog, demo, events, sync, tools
+from registry.events import EVENT_TYPES
 from registry.models import Status
 
 __all__ = ["build_parser"]
@@ -213,6 +214,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "export", tools.cmd_export, "the catalog and the ledger counters as one JSON document")
     p.add_argument("--output", metavar="FILE", help="write it to FILE (default: stdout)")
+
+    p = _command(sub, "events", events.cmd_events, "catalog changes, usage records and budget thresholds")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new events until Ctrl-C")
+    p.add_argument("--type", action="append", choices=EVENT_TYPES, help="only this type (repeatable; default: all)")
+    p.add_argument(
+        "--last", type=_positive_int, metavar="N", help="the last N events (default: 20, or none with --follow)"
+    )
+    p.add_argument(
+        "--since-id",
+        metavar="ID",
+        help="the events after this stream entry id (<ms>-<seq>; the catalog's ids are <revision>-0)",
+    )
 
     p = _command(sub, "schema", tools.cmd_schema, "the config file's JSON Schema")
     group = p.add_mutually_exclusive_group()

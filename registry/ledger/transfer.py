@@ -30,16 +30,35 @@ def _is_set(key: str) -> bool:
     return key.endswith(":l:tenants")
 
 
-def export_ledger(keys: Keys, snapshot: Snapshot) -> Flow[dict[str, Any]]:
-    """The document: catalog models, and each ledger hash with its counters and TTL."""
+def _spend_pattern(keys: Keys) -> str:
+    return f"{{{keys.namespace}:bud:*:s:*"
+
+
+def _scan(pattern: str) -> Flow[list[str]]:
     found: list[str] = []
     cursor = "0"
     while True:
-        (reply,) = yield Commands((("SCAN", cursor, "MATCH", _ledger_pattern(keys), "COUNT", _SCAN_COUNT),), False)
+        (reply,) = yield Commands((("SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_COUNT),), False)
         cursor, batch = text(reply[0]), [text(k) for k in reply[1]]
-        found += [k for k in batch if ":l:id:" not in k]  # request-id markers are not counters
+        found += batch
         if cursor == "0":
-            break
+            return found
+
+
+def _books(key: str, counters: dict[str, str]) -> dict[str, str]:
+    """What an export keeps of a hash: all of a ledger hash; of a budget's spend hash, what was
+    spent and the thresholds announced (holds are in-flight admission state, like windows)."""
+    if ":l:" in key:
+        return counters
+    return {f: v for f, v in counters.items() if f == "spent" or f.startswith("t:")}
+
+
+def export_ledger(keys: Keys, snapshot: Snapshot) -> Flow[dict[str, Any]]:
+    """The document: catalog models and budgets, each ledger hash with its counters and TTL,
+    and what each budget period spent."""
+    found = yield from _scan(_ledger_pattern(keys))
+    found = [k for k in found if ":l:id:" not in k]  # request-id markers are not counters
+    found += yield from _scan(_spend_pattern(keys))
     names = sorted(set(found))
     replies = yield Commands(
         tuple(cmd for k in names for cmd in ((("SMEMBERS" if _is_set(k) else "HGETALL"), k), ("PTTL", k))), False
@@ -50,15 +69,13 @@ def export_ledger(keys: Keys, snapshot: Snapshot) -> Flow[dict[str, Any]]:
         counters, ttl = replies[2 * i], int(replies[2 * i + 1])
         if _is_set(key):
             ledger[key.removeprefix(prefix)] = {"members": sorted(text(m) for m in counters)}
-        elif counters:
-            ledger[key.removeprefix(prefix)] = {
-                "counters": {text(f): int(v) for f, v in counters.items()},
-                "ttl_ms": ttl if ttl > 0 else None,
-            }
+        elif books := {f: int(v) for f, v in _books(key, {text(f): text(v) for f, v in counters.items()}).items()}:
+            ledger[key.removeprefix(prefix)] = {"counters": books, "ttl_ms": ttl if ttl > 0 else None}
     return {
         "format": FORMAT,
         "namespace": keys.namespace,
         "catalog": [row.model.model_dump(mode="json") for row in snapshot.rows.values()],
+        "budgets": [b.model_dump(mode="json") for held in snapshot.budgets.values() for b in held],
         "ledger": ledger,
     }
 
@@ -67,8 +84,8 @@ def import_ledger(keys: Keys, document: dict[str, Any]) -> Flow[int]:
     """Write an export's ledger into ``keys``' namespace, which must hold no ledger yet."""
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise ConfigError(f"not a {FORMAT} document")
-    (reply,) = yield Commands((("SCAN", "0", "MATCH", _ledger_pattern(keys), "COUNT", _SCAN_COUNT),), False)
-    if reply[1] or text(reply[0]) != "0":
+    used = (yield from _scan(_ledger_pattern(keys))) + (yield from _scan(_spend_pattern(keys)))
+    if used:
         raise ConfigError(f"namespace {keys.namespace!r} already has a ledger: import into an empty one")
     commands: list[tuple[Any, ...]] = []
     for suffix, entry in sorted(document.get("ledger", {}).items()):
