@@ -3,7 +3,8 @@
 -- KEYS[1]  catalog meta (hash: revision, the write counter; epoch, made anew whenever the
 --          meta hash is missing, so readers notice a catalog that was wiped and rebuilt)
 -- KEYS[2]  models index (zset: model key -> revision of its last write)
--- KEYS[3]  catalog events (stream, entry id "<revision>-0")
+-- KEYS[3]  catalog events (stream, entry id "<revision>-0"; fields put, deleted (newline-
+--          separated members) and ms, the server time of the write)
 -- KEYS[3+i] the hash of the i-th model written (i = 1..n)
 -- ARGV[1]  events stream cap (approximate MAXLEN), a positive integer
 -- ARGV[2]  pub/sub channel for change notices
@@ -116,6 +117,6 @@ for i = 1, n do
   end
 end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', cap, revision .. '-0',
-  'put', table.concat(put, '\n'), 'deleted', table.concat(deleted, '\n'))
+  'put', table.concat(put, '\n'), 'deleted', table.concat(deleted, '\n'), 'ms', updated_ms)
 redis.call('PUBLISH', ARGV[2], revision)
 return {0, revision}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from registry.admission.types import Decision, Reservation
 from registry.aio import AsyncRegistry
+from registry.budgets.types import Budget, BudgetStatus
 from registry.catalog.codec import CatalogEntry
 from registry.catalog.search import SearchQuery
 from registry.catalog.sync import SyncPlan
@@ -20,8 +21,9 @@ from registry.errors import (
     RevisionConflictError,
     ScriptError,
 )
+from registry.events import Event, Subscription
 from registry.ledger.ops import UsageRecord
-from registry.ledger.stats import Statistics, UsageTotals
+from registry.ledger.stats import ModelRanking, Performance, Statistics, UsagePoint, UsageTotals
 from registry.models import Capability, Cost, ModelSpec, PriceTier, RateLimit, Status, parse_model_key
 
 __version__ = "0.1.0"
@@ -30,14 +32,19 @@ __all__ = [
     "AsyncRegistry",
     "BackendError",
     "BackendUnavailable",
+    "Budget",
+    "BudgetStatus",
     "Capability",
     "CatalogEntry",
     "ConfigError",
     "Cost",
     "Decision",
+    "Event",
     "ModelExistsError",
     "ModelNotFoundError",
+    "ModelRanking",
     "ModelSpec",
+    "Performance",
     "PriceTier",
     "RateLimit",
     "RateLimitedError",
@@ -50,7 +57,9 @@ __all__ = [
     "SearchQuery",
     "Statistics",
     "Status",
+    "Subscription",
     "SyncPlan",
+    "UsagePoint",
     "UsageRecord",
     "UsageTotals",
     "__version__",

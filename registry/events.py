@@ -172,8 +172,8 @@ def parse_catalog(stream: str, entry_id: str, fields: Mapping[str, str], snapsho
         members = _lines(fields.get(name))
         data[name] = [m for m in members if not m.startswith(prefix)]
         data[f"budgets_{name}"] = [m[len(prefix) :] for m in members if m.startswith(prefix)]
-    when = None
-    if snapshot is not None:
+    when = _time_of(int(fields["ms"])) if fields.get("ms", "").isdigit() else None
+    if when is None and snapshot is not None:  # an entry written before the stream kept times
         for key in data["put"]:
             row = snapshot.rows.get(key)
             if row is not None and row.entry.revision == revision and row.entry.updated_ms:

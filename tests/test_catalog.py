@@ -158,8 +158,9 @@ def test_writes_log_events_and_publish(reg: Any, r: redis.Redis) -> None:
     reg.delete_model("openai:gpt-4")
     events = r.xrange(Keys().events)
     assert [e[0] for e in events] == ["1-0", "2-0"]
-    assert events[0][1] == {"put": "openai:gpt-4\nopenai:gpt-4o", "deleted": ""}
-    assert events[1][1] == {"put": "", "deleted": "openai:gpt-4"}
+    assert events[0][1] == {"put": "openai:gpt-4\nopenai:gpt-4o", "deleted": "", "ms": events[0][1]["ms"]}
+    assert events[1][1] == {"put": "", "deleted": "openai:gpt-4", "ms": events[1][1]["ms"]}
+    assert 0 < int(events[0][1]["ms"]) <= int(events[1][1]["ms"])
     seen = []
     deadline = time.monotonic() + 10
     while len(seen) < 2 and time.monotonic() < deadline:

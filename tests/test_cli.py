@@ -960,3 +960,52 @@ def test_export_and_import_dump(run: Any, tmp_path: Path, redis_url: str) -> Non
     (tmp_path / "bad.json").write_text("{")
     code, _, err = run("import", "dump", str(tmp_path / "bad.json"))
     assert (code, "not valid JSON" in err) == (2, True)
+
+
+def test_budget_commands(run: Any, redis_url: str) -> None:
+    from registry import Registry
+
+    with Registry.from_url(redis_url, watch=False) as reg:
+        reg.register_model(
+            {"provider": "openai", "id": "gpt-4", "context_window": 8192, "cost": {"input": "30", "output": "60"}}
+        )
+    assert run("budget", "set", "acme", "0.1") == (0, "set acme budget:*:day: 0.1 USD\n", "")
+    code, out, _ = run(
+        "budget", "set", "acme", "250", "--period", "month", "--model", "openai:gpt-4", "--thresholds", "90"
+    )
+    assert (code, out) == (0, "set acme budget:openai:gpt-4:month: 250 USD\n")
+    code, out, _ = run("budget", "list")
+    assert out.splitlines() == [
+        "TENANT  MODEL         PERIOD  AMOUNT   THRESHOLDS",
+        "acme    *             day     0.1 USD  50%,80%,100%",
+        "acme    openai:gpt-4  month   250 USD  90%",
+    ]
+    with Registry.from_url(redis_url, watch=False) as reg:
+        held = reg.acquire("openai:gpt-4", 1000, 1000, tenant="acme").reservation
+        reg.settle(held, 1000, 500)  # $0.06: 60 % of the day budget
+        reg.acquire("openai:gpt-4", 100, 100, tenant="acme")  # $0.009 held
+    code, out, _ = run("budget", "status", "acme")
+    lines = out.splitlines()
+    assert lines[0].split() == ["MODEL", "PERIOD", "SPENT", "HELD", "REMAINING", "USED", "REACHED"]
+    assert lines[1].split()[:2] == ["*", "day"]
+    assert lines[1].split()[4:] == ["0.06", "/", "0.1", "USD", "0.009", "0.031", "60%", "50%"]
+    code, out, _ = run("--json", "budget", "status", "acme")
+    day = json.loads(out)[0]
+    assert (day["spent"], day["held"], day["remaining"], day["thresholds_reached"]) == (
+        "0.060000000",
+        "0.009000000",
+        "0.031000000",
+        [50],
+    )
+    assert run("budget", "delete", "acme", "--period", "month", "--model", "openai:gpt-4")[:2] == (
+        0,
+        "removed acme budget:openai:gpt-4:month\n",
+    )
+    assert run("budget", "delete", "acme", "--period", "month")[0] == 1
+    code, _, err = run("budget", "set", "acme", "1", "--model", "openai:nope")
+    assert code != 0
+    assert "openai:nope" in err
+    code, _, err = run("budget", "set", "acme", "abc")
+    assert code == 2
+    assert run("budget", "list", "nobody")[1] == "no budgets\n"
+    assert run("budget", "status", "nobody")[1] == "no budgets for nobody\n"

@@ -223,16 +223,14 @@ def test_parse_catalog_entry() -> None:
 
 def test_streams_of_a_snapshot_and_back() -> None:
     keys = Keys("ns")
-    snapshot = Snapshot()
-    snapshot = dataclasses.replace(snapshot, budgets={"acme": ()}) if _has_budgets(snapshot) else snapshot
+    snapshot = dataclasses.replace(Snapshot(), budgets={"acme": ()})
     assert stream_keys(keys, snapshot, {CATALOG_CHANGED}) == ["{ns:catalog}:events"]
     assert source_of(keys, "{ns:catalog}:events") == (CATALOG_CHANGED, None)
     assert source_of(keys, keys.usage_events("openai:gpt-4o:2024")) == (USAGE_RECORDED, "openai:gpt-4o:2024")
     assert source_of(keys, keys.budget_events("acme")) == (BUDGET_THRESHOLD, "acme")
     assert source_of(keys, "{other:adm:openai:x}:events") is None
     assert source_of(keys, "{ns:adm:}:events") is None
-    if _has_budgets(snapshot):
-        assert stream_keys(keys, snapshot, {BUDGET_THRESHOLD}) == [keys.budget_events("acme")]
+    assert stream_keys(keys, snapshot, {BUDGET_THRESHOLD}) == [keys.budget_events("acme")]
 
 
 def test_merge_orders_by_time_and_places_catalog_events_without_one() -> None:
@@ -277,10 +275,6 @@ def test_read_events_flow_shapes_and_positions() -> None:
     assert list(read_events({}, 1000, 10)) == []  # nothing to read: no request
 
 
-def _has_budgets(snapshot: Snapshot) -> bool:
-    return "budgets" in {f.name for f in dataclasses.fields(snapshot)}
-
-
 # -- on(): callbacks ------------------------------------------------------------------------------
 
 
@@ -305,7 +299,8 @@ def test_a_catalog_write_is_one_event(make_registry: Any) -> None:
     assert [e.id for e in inbox.events] == [f"{r}-0" for r in range(revision - 2, revision + 1)]
     assert put.time is not None
     assert abs(put.time - datetime.now(UTC)) < timedelta(minutes=1)
-    assert deleted.time is None  # no model of that write left to say when it was
+    assert deleted.time is not None  # the stream entry carries the write's server time
+    assert put.time <= deleted.time
     assert len(inbox.events) == 3  # one event per write, no more
 
 
@@ -532,50 +527,27 @@ def test_async_callbacks_are_awaited(redis_url: str) -> None:
     asyncio.run(main())
 
 
-def test_budget_events_of_a_budgeted_tenant(make_registry: Any, r: redis.Redis) -> None:
-    """A tenant with budgets in the catalog snapshot has its budget stream followed.
-
-    The entry is written by hand, as the budget scripts write it; the snapshot is given the
-    tenant directly, so this does not depend on how budgets are defined.
-    """
+def test_budget_threshold_events_reach_a_subscriber_once(make_registry: Any, r: redis.Redis) -> None:
+    """A budget set after subscribing (another client) is followed: its thresholds, crossed by
+    real spend, arrive once each, with exact amounts; other tenants' streams are not read."""
+    writer = make_registry()
+    writer.register_model(model(cost={"input": "30", "output": "60"}))
     reg = make_registry()
-    client = _inner(reg)
-    snapshot = client._snapshot or Snapshot()
-    if client._snapshot is None:
-        reg.refresh()
-        snapshot = client._snapshot
-    if _has_budgets(snapshot):
-        client._snapshot = dataclasses.replace(snapshot, budgets={"acme": ()})
-    else:  # pragma: no cover - before budgets joined the snapshot
-        object.__setattr__(snapshot, "budgets", {"acme": ()})
     inbox, usage_only = Inbox(), Inbox()
     reg.on("budget.threshold", inbox)
     reg.on("usage.recorded", usage_only)
-    r.xadd(KEYS.budget_events("other"), {"type": "budget.threshold", "tenant": "other"})  # not budgeted here
-    entry_id = r.xadd(
-        KEYS.budget_events("acme"),
-        {
-            "type": "budget.threshold",
-            "tenant": "acme",
-            "scope": "openai:gpt-4",
-            "period": "month",
-            "index": "661",
-            "threshold": "100",
-            "amount_units": "5000000000",
-            "spent_units": "5000000000",
-            "currency": "EUR",
-        },
-    )
-    until(reg, lambda: len(inbox.events) == 1)
-    (event,) = inbox.events
-    assert (event.type, event.tenant, event.id, event.stream) == (
-        BUDGET_THRESHOLD,
-        "acme",
-        entry_id,
-        KEYS.budget_events("acme"),
-    )
-    assert event.data["scope"] == "openai:gpt-4"
-    assert (event.data["threshold"], event.data["spent"], event.data["amount"]) == (100, Decimal(5), Decimal(5))
+    writer.set_budget("acme", "0.1", "day")  # marks: 50 % = $0.05, 80 % = $0.08, 100 %
+    r.xadd(KEYS.budget_events("other"), {"type": "budget.threshold", "tenant": "other"})  # no budget
+    held = writer.acquire("openai:gpt-4", 1000, 1000, tenant="acme").reservation
+    writer.settle(held, 1000, 1000)  # $0.03 + $0.06 = $0.09: 90 %, past 50 and 80
+    until(reg, lambda: len(inbox.events) == 2)
+    assert [(e.type, e.tenant, e.data["threshold"]) for e in inbox.events] == [
+        (BUDGET_THRESHOLD, "acme", 50),
+        (BUDGET_THRESHOLD, "acme", 80),
+    ]
+    assert {(e.data["scope"], e.data["period"]) for e in inbox.events} == {("*", "day")}
+    assert [(e.data["spent"], e.data["amount"]) for e in inbox.events] == [(Decimal("0.09"), Decimal("0.1"))] * 2
+    assert inbox.events[0].stream == KEYS.budget_events("acme")
     assert usage_only.events == []
 
 
@@ -651,10 +623,14 @@ def run(capsys: pytest.CaptureFixture[str], redis_url: str) -> Callable[..., tup
 def history(redis_url: str) -> Iterator[Registry]:
     """Two catalog writes around three sampled usage records."""
     with Registry.from_url(redis_url, watch=False, usage_event_rate=1.0) as reg:
+        # History is ordered by server time in ms, and these writes take well under a ms each:
+        # a 2 ms pause between them gives each its own millisecond, so the order is defined.
         reg.register_models([model(id="gpt-4o", cost={"input": "2.50", "output": "10.00"}), model(id="old")])
+        time.sleep(0.002)
         reg.record_usage("openai:gpt-4o", 1000, 200, tenant="acme", latency_ms=120.5)
         reg.record_usage("openai:gpt-4o", 10, 0, success=False)
         reg.record_usage("openai:gpt-4o", 1, 1)
+        time.sleep(0.002)
         reg.delete_model("openai:old")
         yield reg
 
@@ -672,8 +648,7 @@ def test_cli_events_last(run: Any, history: Registry) -> None:
         lines[0],
     ), lines[0]
     assert re.fullmatch(TIME + r" usage\.recorded openai:gpt-4o in=10 out=0 cost=0\.000025 USD failed", lines[1])
-    # a delete leaves no model to tell its time: listed after the last known one
-    assert lines[3] == "-                        catalog.changed rev 2 deleted openai:old"
+    assert re.fullmatch(TIME + r" catalog\.changed rev 2 deleted openai:old", lines[3]), lines[3]
     code, out, _ = run("events", "--type", "catalog.changed")
     assert [line.split(" ", 1)[1].strip() for line in out.splitlines()] == [
         "catalog.changed rev 1 put openai:gpt-4o,openai:old",

@@ -9,6 +9,12 @@
     registry estimate KEY --input N --output N [--cached N] [--cache-write N]
     registry sync FILE [--prune] [--dry-run] [--watch] [--interval SECONDS]
     registry import litellm FILE [--dry-run] [--replace]
+    registry import dump FILE
+    registry export [--output FILE]
+    registry budget set TENANT AMOUNT [--period day|week|month] [--model KEY] [--thresholds P ...]
+    registry budget delete TENANT [--period P] [--model KEY]
+    registry budget list [TENANT] | status TENANT
+    registry events [--follow] [--type T ...] [--last N] [--since-id ID]
     registry schema [--output FILE | --check FILE]
     registry demo [--config FILE]
 
@@ -17,8 +23,9 @@ else ``redis://localhost:6379/0``; ``demo`` starts a private Redis instead), ``-
 (default ``$REGISTRY_NAMESPACE``, else ``registry``), ``--json``, ``--version``.
 
 Exit status: 0 done; 1 Redis unreachable or failing, a model not found, a file that could not
-be written, ``schema --check`` found a difference; 2 a usage error or a bad config file. Every error is one message on
-stderr, ``registry: error: ...``, never a traceback.
+be written, ``schema --check`` found a difference, ``budget delete`` found no such budget; 2 a
+usage error or a bad config file. Every error is one message on stderr, ``registry: error: ...``,
+never a traceback.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 
 from registry import __version__
-from registry.cli import catalog, demo, events, sync, tools
+from registry.budgets.periods import PERIODS
+from registry.cli import budgets, catalog, demo, events, sync, tools
 from registry.events import EVENT_TYPES
 from registry.models import Status
 
@@ -214,6 +215,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "export", tools.cmd_export, "the catalog and the ledger counters as one JSON document")
     p.add_argument("--output", metavar="FILE", help="write it to FILE (default: stdout)")
+
+    budget = _command(sub, "budget", None, "tenants' spend caps per UTC day, week or month")
+    bsub = budget.add_subparsers(dest="budget_command", metavar="COMMAND", required=True)
+    p = _command(bsub, "set", budgets.cmd_budget_set, "set or replace a tenant's budget")
+    p.add_argument("tenant", metavar="TENANT")
+    p.add_argument("amount", type=_amount, metavar="AMOUNT", help="exact decimal, in --currency")
+    p.add_argument("--period", choices=PERIODS, default="day")
+    p.add_argument("--model", metavar="KEY", help="only this model (default: every model)")
+    p.add_argument("--currency", default="USD", help="ISO 4217 (default: USD); only models priced in it count")
+    p.add_argument(
+        "--thresholds",
+        type=_positive_int,
+        nargs="+",
+        metavar="PERCENT",
+        help="percentages announced once per period (default: 50 80 100)",
+    )
+    p = _command(bsub, "delete", budgets.cmd_budget_delete, "remove a budget (exit 1 if there was none)")
+    p.add_argument("tenant", metavar="TENANT")
+    p.add_argument("--period", choices=PERIODS, default="day")
+    p.add_argument("--model", metavar="KEY")
+    p = _command(bsub, "list", budgets.cmd_budget_list, "every budget, or one tenant's")
+    p.add_argument("tenant", nargs="?", metavar="TENANT")
+    p = _command(bsub, "status", budgets.cmd_budget_status, "spent, held and thresholds reached this period")
+    p.add_argument("tenant", metavar="TENANT")
 
     p = _command(sub, "events", events.cmd_events, "catalog changes, usage records and budget thresholds")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new events until Ctrl-C")
