@@ -9,6 +9,8 @@
 --
 -- KEYS[1]   the reservation (hash), written when admitted
 -- KEYS[1+i] the window hash of limit i (i = 1..n); all keys share the model's hash tag
+-- KEYS[2+n] optional: the model's denial counters (hash: limit name -> refusals), counted
+--           on each refusal of an acquire (status 0 or 3), never by a peek
 -- ARGV[1]   now in ms, or "" to use the server's TIME (the testing clock hook)
 -- ARGV[2]   mode: "acquire" | "shadow" (count, never refuse) | "peek" (write nothing)
 -- ARGV[3]   reservation TTL in ms (at most 30 days)
@@ -27,8 +29,8 @@
 
 local n = tonumber(ARGV[4])
 --! include common
-if not whole(n, 0, 64) or #KEYS ~= 1 + n or #ARGV ~= 5 + 5 * n then
-  return redis.error_reply('ERR_ARGS expected n limits: 1 + n keys and 5 + 5n args')
+if not whole(n, 0, 64) or (#KEYS ~= 1 + n and #KEYS ~= 2 + n) or #ARGV ~= 5 + 5 * n then
+  return redis.error_reply('ERR_ARGS expected n limits: 1 + n keys (2 + n with denials) and 5 + 5n args')
 end
 local token = ARGV[5]
 if token == '' or #token > 64 then
@@ -72,9 +74,17 @@ if held then
   return reply
 end
 
+-- A refusal of an acquire counts against the limit that made it.
+local function denied(i)
+  if mode ~= 'peek' and #KEYS == 2 + n then
+    redis.call('HINCRBY', KEYS[2 + n], limits[i].name, 1)
+  end
+end
+
 -- Too large ever to be admitted: refuse before reading anything else.
 for i = 1, n do
   if limits[i].cost > limits[i].limit then
+    denied(i)
     local reply = {3, now, i, -1, ''}
     for _ = 1, n do reply[#reply + 1] = -1 end
     return reply
@@ -143,6 +153,9 @@ end
 local status = 1
 if binding ~= 0 then
   status = (mode == 'shadow') and 4 or 0
+  if status == 0 then
+    denied(binding)
+  end
 end
 if mode ~= 'peek' and status ~= 0 then
   local record = {'n', n, 'at', now, 'tok', token}

@@ -102,6 +102,9 @@ end
 local status = 1
 if binding ~= 0 then
   status = (mode == 'shadow') and 4 or 0
+  if mode == 'acquire' then  -- counted on the refusing budget's period (a peek writes nothing)
+    redis.call('HINCRBY', KEYS[1 + binding], 'denied', 1)
+  end
 end
 if mode ~= 'peek' and status ~= 0 then
   local expires = string.format('%d', now + ttl)

@@ -147,7 +147,10 @@ class RegistryBase:
         return dataclasses.replace(decision, retry_after=left)
 
     def _remember(self, model_key: str, tenant: str | None, decision: Decision) -> Decision:
-        if self.cache_denials and not decision.allowed:
+        # A budget's refusal may last until its period ends, while a raised budget should
+        # admit at once: only the windows' refusals (seconds, exact) are remembered.
+        budget = (decision.denied_by or "").startswith("budget:")
+        if self.cache_denials and not decision.allowed and not budget:
             self._denials[(model_key, tenant)] = (time.monotonic() + decision.retry_after, decision)
         return decision
 

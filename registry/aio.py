@@ -31,8 +31,10 @@ from registry.events import Callback, Event, Follower, Subscription, event_types
 from registry.keys import DEFAULT_NAMESPACE
 from registry.ledger import stats as ledger_stats
 from registry.ledger import transfer
+from registry.ledger import view as ledger_view
 from registry.ledger.ops import LATENCY_EDGES_MS, UsageRecord
 from registry.ledger.stats import Statistics
+from registry.ledger.view import FleetView
 from registry.models import ModelSpec
 
 __all__ = ["AsyncRegistry"]
@@ -571,6 +573,11 @@ class AsyncRegistry(RegistryBase):
     async def budget_status(self, tenant: str) -> list[BudgetStatus]:
         """Spent, held and thresholds reached of each budget of ``tenant``, in its current period."""
         return await self._run(self._budget_status_flow(await self._catalog(), tenant))
+
+    async def fleet_view(self) -> FleetView:
+        """Everything a dashboard shows now, in two round trips: per model its windows' use,
+        denials, today's and this month's usage, latency; per tenant its usage and budgets."""
+        return await self._run(ledger_view.fleet_view(self.keys, await self._catalog(), self._predicted_ms()))
 
     async def export(self) -> dict[str, Any]:
         """The catalog and every ledger counter, as one JSON-able document (see ``restore``)."""

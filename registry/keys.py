@@ -18,6 +18,7 @@ Admission keys, one hash tag per model (its tenants' limits share it)::
     {registry:adm:<provider>:<id>}[:t:<tenant>]:l:m:<n>   hash  ... of UTC minute n (also h:, d:)
     {registry:adm:<provider>:<id>}:l:id:<request id>      string a recorded request id (24 h)
     {registry:adm:<provider>:<id>}:l:tenants              set   tenants with usage on the model
+    {registry:adm:<provider>:<id>}:l:denied               hash  limit name -> refusals, all time
     {registry:adm:<provider>:<id>}:events                 stream sampled usage records (capped)
 
 Budgets: their definitions are catalog items (so every worker's local copy holds them); what
@@ -112,6 +113,10 @@ class Keys:
         scope = "" if tenant is None else f":t:{tenant}"
         suffix = "total" if period == "total" else f"{period}:{index}"
         return f"{self.admission_tag(model_key)}{scope}:l:{suffix}"
+
+    def denials(self, model_key: str) -> str:
+        """A model's refusal counters: limit name -> acquires that limit refused, all time."""
+        return f"{self.admission_tag(model_key)}:l:denied"
 
     def ledger_tenants(self, model_key: str) -> str:
         """The set of tenants that have usage recorded on a model."""

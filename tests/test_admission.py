@@ -11,6 +11,7 @@ import redis
 from registry import ConfigError, ModelNotFoundError
 from registry.admission.types import Decision, Reservation
 from registry.errors import RequestTooLargeError
+from registry.keys import Keys
 from registry.testing import FakeClock, use_clock
 from tests.conftest import model
 from tests.test_catalog import dump
@@ -62,21 +63,29 @@ def test_max_output_defaults_to_the_models(gated: Any) -> None:
     assert decision.reservation.max_output_tokens == 1000
 
 
-def test_a_refusal_changes_nothing(gated: Any, r: redis.Redis) -> None:
+def _without_denials(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in state.items() if not k.endswith(":l:denied")}
+
+
+def test_a_refusal_changes_nothing_but_the_denial_count(gated: Any, r: redis.Redis) -> None:
     for _ in range(5):
         gated.acquire("openai:gpt-4", 100, 100)
     before = dump(r)
     assert not gated.acquire("openai:gpt-4", 100, 100).allowed
-    assert dump(r) == before
+    assert _without_denials(dump(r)) == _without_denials(before)
+    assert r.hgetall(Keys().denials("openai:gpt-4")) == {"requests_per_minute": "1"}
+    assert not gated.check_rate_limit("openai:gpt-4", 100).allowed  # a peek counts nothing
+    assert r.hgetall(Keys().denials("openai:gpt-4")) == {"requests_per_minute": "1"}
 
 
-def test_too_large_is_an_error_and_changes_nothing(gated: Any, r: redis.Redis) -> None:
+def test_too_large_is_an_error_and_changes_nothing_but_the_denial_count(gated: Any, r: redis.Redis) -> None:
     gated.acquire("openai:gpt-4", 100, 100)
     before = dump(r)
     with pytest.raises(RequestTooLargeError, match="tokens_per_minute") as info:
         gated.acquire("openai:gpt-4", 9_500, 501)
     assert (info.value.cost, info.value.allowed) == (10_001, 10_000)
-    assert dump(r) == before
+    assert _without_denials(dump(r)) == _without_denials(before)
+    assert r.hgetall(Keys().denials("openai:gpt-4")) == {"tokens_per_minute": "1"}
     assert gated.acquire("openai:gpt-4", 9_000, 800).allowed  # 9,800 + 200 = the limit: fits
 
 

@@ -506,7 +506,7 @@ def limits_args(n: int) -> tuple[list[str], list[Any]]:
 
 BAD_ACQUIRE: dict[str, tuple[int, list[Any]]] = {
     "one key too few": (2, GOOD),
-    "one key too many": (4, GOOD),
+    "two keys too many (one is the denial counters)": (5, GOOD),
     "one arg too many": (3, [*GOOD, 1]),
     "one arg too few": (3, GOOD[:-1]),
     "no token arg (the old layout)": (3, [*GOOD[:A_TOKEN], *GOOD[A_TOKEN + 1 :]]),
@@ -572,7 +572,7 @@ def test_good_arguments_are_good(r: redis.Redis) -> None:
 def test_bad_acquire_arguments_write_nothing(r: redis.Redis, nkeys: int, args: list[Any], reserved: bool) -> None:
     seed(r)
     res = HELD if reserved else RES  # an error, not status 2, even for a held key
-    keys = [res, RPM, TPM, RPD][:nkeys]
+    keys = [res, RPM, TPM, "{adm:m}:l:denied", RPD][:nkeys]
     before = dump(r)
     with pytest.raises(redis.ResponseError, match="ERR_ARGS"):
         r.eval(scripts.load("acquire").source, len(keys), *keys, *args)

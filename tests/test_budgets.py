@@ -103,6 +103,9 @@ def test_acquire_holds_the_estimate_and_refuses_beyond_the_budget(clocked: Any, 
     refused = reg.acquire("openai:gpt-4", 1000, tenant="acme")
     assert (refused.allowed, refused.denied_by) == (False, "budget:*:day")
     assert refused.retry_after == 1.0  # holds may be settled below their estimate soon
+    assert spend(r)["denied"] == "1"  # counted on the refusing budget's period
+    assert not reg.check_rate_limit("openai:gpt-4", 1000, tenant="acme").allowed
+    assert spend(r)["denied"] == "1"  # a peek counts nothing
     assert reg.acquire("openai:gpt-4", 1000).allowed  # no tenant: no budget
     assert reg.acquire("openai:gpt-4", 1000, tenant="beta").allowed  # another tenant
 
@@ -308,3 +311,15 @@ def test_sixteen_processes_never_spend_beyond_a_budget_and_each_threshold_fires_
     assert set(reached) == {p for p in (10, 25, 50, 75, 90, 100) if status.spent * 100 >= Decimal("1.5") * p}
     assert all(int(e["spent_units"]) <= 1_500_000_000 for e in got)
     reg.close()
+
+
+def test_budget_refusals_are_not_cached_locally(make_registry: Any) -> None:
+    """cache_denials remembers a window's refusal (seconds), never a budget's (it may last a
+    day, and a raised budget must admit at once)."""
+    reg = make_registry(cache_denials=True)
+    reg.register_model(model())
+    reg.set_budget("acme", "0.05", "day")
+    assert reg.acquire("openai:gpt-4", 1000, 0, tenant="acme").allowed  # $0.03
+    assert reg.acquire("openai:gpt-4", 1000, 0, tenant="acme").denied_by == "budget:*:day"
+    reg.set_budget("acme", "1", "day")
+    assert reg.acquire("openai:gpt-4", 1000, 0, tenant="acme").allowed

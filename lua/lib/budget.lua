@@ -2,7 +2,8 @@
 --
 -- Fields: spent (settled cost, units), held (estimates of admitted, unsettled requests),
 -- h:<token> = "<expires_ms> <units>" (one hold per admitted request), next (the earliest
--- expiry among the holds), t:<percent> (a threshold already announced this period).
+-- expiry among the holds), t:<percent> (a threshold already announced this period), denied
+-- (acquires this budget refused in the period).
 -- Money is only changed by HINCRBY of integer strings; Lua compares amounts below 2^53.
 
 -- Release the holds of `key` that expired by `now` (a request never settled): once per

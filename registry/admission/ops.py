@@ -32,7 +32,8 @@ _SHORT = {"requests_per_minute": "rpm", "tokens_per_minute": "tpm", "requests_pe
 Mode = Literal["acquire", "shadow", "peek"]
 
 
-def _window_key(keys: Keys, model_key: str, spec_name: str, tenant: str | None) -> str:
+def window_key(keys: Keys, model_key: str, spec_name: str, tenant: str | None) -> str:
+    """The window hash of a limit (``requests_per_minute``, ``tenant.tokens_per_minute``, ...)."""
     return keys.window(model_key, _SHORT[spec_name.removeprefix("tenant.")], tenant)
 
 
@@ -147,7 +148,8 @@ def _acquire_windows(
         "acquire",
         keys=(
             keys.reservation(model.key, reservation.id, tenant),
-            *(_window_key(keys, model.key, spec.name, spec.tenant) for spec in limits),
+            *(window_key(keys, model.key, spec.name, spec.tenant) for spec in limits),
+            keys.denials(model.key),
         ),
         args=tuple(args),
     )
@@ -160,7 +162,7 @@ def _with_token(reservation: Reservation, token: str) -> Reservation:
 
 def _decision(reply: Any, limits: Sequence[LimitSpec], reservation: Reservation, tokens: int, mode: Mode) -> Decision:
     try:
-        status, _now, binding, wait_ms = (int(v) for v in reply[:4])
+        status, now_ms, binding, wait_ms = (int(v) for v in reply[:4])
         stored = text(reply[4])
         remaining = [int(v) for v in reply[5:]]
     except (TypeError, ValueError) as exc:
@@ -175,11 +177,11 @@ def _decision(reply: Any, limits: Sequence[LimitSpec], reservation: Reservation,
             reservation.model_key, spec.name, 1 if spec.counts == "requests" else tokens, spec.limit
         )
     if status == 0:
-        return Decision(False, wait_ms / 1000, bound, named)
+        return Decision(False, wait_ms / 1000, bound, named, server_ms=now_ms)
     held = None if mode == "peek" else reservation
     if status == 2:  # the handle of the acquire that holds this id
-        return Decision(True, 0.0, None, named, _with_token(reservation, stored), duplicate=True)
-    return Decision(True, 0.0, None, named, held, would_deny=bound if status == 4 else None)
+        return Decision(True, 0.0, None, named, _with_token(reservation, stored), duplicate=True, server_ms=now_ms)
+    return Decision(True, 0.0, None, named, held, would_deny=bound if status == 4 else None, server_ms=now_ms)
 
 
 def settle(
@@ -216,7 +218,7 @@ def settle(
     window_keys = (
         keys.reservation(reservation.model_key, reservation.id, reservation.tenant),
         *(
-            _window_key(keys, reservation.model_key, name, reservation.tenant if name.startswith("tenant.") else None)
+            window_key(keys, reservation.model_key, name, reservation.tenant if name.startswith("tenant.") else None)
             for name in names
         ),
     )

@@ -128,3 +128,6 @@ class Decision:
     reservation: Reservation | None = None
     would_deny: str | None = None
     duplicate: bool = False
+    # When the script decided, in the server's ms (0 when no window script ran, e.g. a budget's
+    # refusal): the admission's place in its windows, for callers that audit them.
+    server_ms: int = field(default=0, compare=False)

@@ -122,6 +122,7 @@ class BudgetStatus:
     spent: Decimal  # settled and recorded cost in the period
     held: Decimal  # estimates of admitted requests not yet settled
     thresholds_reached: tuple[int, ...]
+    denied: int = 0  # acquires this budget refused in the period
 
     @property
     def remaining(self) -> Decimal:
@@ -148,4 +149,5 @@ class BudgetStatus:
             from_units(int(raw.get("spent", 0))),
             from_units(held),
             reached,
+            int(raw.get("denied", 0)),
         )

@@ -95,7 +95,8 @@ class Statistics(UsageTotals):
     by_tenant: Mapping[str, UsageTotals] = field(default_factory=dict)
 
 
-def _totals(raw: Mapping[Any, Any], currency: str) -> UsageTotals:
+def totals_from(raw: Mapping[Any, Any], currency: str) -> UsageTotals:
+    """The counters of a ledger hash (an HGETALL reply, str or bytes; fields it lacks are 0)."""
     values = {text(k): int(v) for k, v in raw.items()}
     return UsageTotals(
         **{name: values.get(name, 0) for name in _INTS},
@@ -140,7 +141,7 @@ def _sum(replies: Any, ledger_keys: Sequence[str], currency: str) -> UsageTotals
     """The next ``len(ledger_keys)`` HGETALL replies, added up."""
     usage = UsageTotals(currency=currency)
     for _ in ledger_keys:
-        usage = usage.plus(_totals(next(replies) or {}, currency))
+        usage = usage.plus(totals_from(next(replies) or {}, currency))
     return usage
 
 
@@ -245,7 +246,7 @@ def usage(
         tuple(("HGETALL", keys.ledger(model.key, period, i, tenant)) for i in indexes), transaction=False
     )
     return [
-        UsagePoint(i * width // 1000, _totals(raw or {}, model.cost.currency))
+        UsagePoint(i * width // 1000, totals_from(raw or {}, model.cost.currency))
         for i, raw in zip(indexes, replies, strict=True)
     ]
 
@@ -295,7 +296,7 @@ def performance(totals: UsageTotals, histogram: Mapping[str, int], edges: Sequen
 def _performance_of(raw: Mapping[Any, Any] | None, model: ModelSpec, edges: Sequence[int]) -> Performance:
     """A model's performance from the HGETALL reply of its all-time hash."""
     histogram = {text(k): int(v) for k, v in (raw or {}).items()}
-    return performance(_totals(raw or {}, model.cost.currency), histogram, edges)
+    return performance(totals_from(raw or {}, model.cost.currency), histogram, edges)
 
 
 def model_performance(keys: Keys, model: ModelSpec, edges: Sequence[int]) -> Flow[Performance]:
@@ -330,7 +331,7 @@ class ModelRanking:
 
 
 def _ranking(model: ModelSpec, raw: Mapping[Any, Any] | None, edges: Sequence[int]) -> ModelRanking:
-    totals = _totals(raw or {}, model.cost.currency)
+    totals = totals_from(raw or {}, model.cost.currency)
     perf = _performance_of(raw, model, edges)
     cost = totals.total_cost
     return ModelRanking(

@@ -50,7 +50,7 @@ def _books(key: str, counters: dict[str, str]) -> dict[str, str]:
     spent and the thresholds announced (holds are in-flight admission state, like windows)."""
     if ":l:" in key:
         return counters
-    return {f: v for f, v in counters.items() if f == "spent" or f.startswith("t:")}
+    return {f: v for f, v in counters.items() if f in ("spent", "denied") or f.startswith("t:")}
 
 
 def export_ledger(keys: Keys, snapshot: Snapshot) -> Flow[dict[str, Any]]:
