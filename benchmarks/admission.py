@@ -46,8 +46,16 @@ def _operation(name: str, url: str) -> Callable[[], Any]:
         return lambda: reg.acquire("bench:m", 1000, 200)
     if name == "acquire (tenant)":
         return lambda: reg.acquire("bench:m", 1000, 200, tenant="acme")
+    if name == "acquire (budget)":
+        return lambda: reg.acquire("bench:m", 1000, 200, tenant="rich")
     if name == "acquire + settle":
         return lambda: reg.settle(reg.acquire("bench:m", 1000, 200).reservation, 1000, 150)
+    if name == "acquire + settle (budget)":
+        return lambda: reg.settle(reg.acquire("bench:m", 1000, 200, tenant="rich").reservation, 1000, 150)
+    if name == "record_usage":
+        return lambda: reg.record_usage("bench:m", 1000, 150, tenant="acme", latency_ms=300)
+    if name == "route":
+        return lambda: reg.route(input_tokens=1000, max_output_tokens=200)
     if name == "check_rate_limit":
         return lambda: reg.check_rate_limit("bench:m", 1200)
     raise ValueError(name)
@@ -95,7 +103,10 @@ def main() -> None:
     url = args.redis_url or server.url  # type: ignore[union-attr]
     rows = []
     try:
-        Registry.from_url(url, watch=False).register_model(MODEL, replace=True)
+        setup = Registry.from_url(url, watch=False)
+        setup.register_model(MODEL, replace=True)
+        setup.set_budget("rich", "9000000", "day")  # never reached: measures the budget's round trip
+        setup.close()
         for procs in args.procs:
             floor = None
             for name in (
@@ -103,15 +114,19 @@ def main() -> None:
                 "EVALSHA no-op",
                 "acquire",
                 "acquire (tenant)",
+                "acquire (budget)",
                 "check_rate_limit",
+                "route",
+                "record_usage",
                 "acquire + settle",
+                "acquire + settle (budget)",
             ):
                 row = {"operation": name, "processes": procs, **run(name, url, procs, args.seconds)}
                 floor = floor or row["p50_us"]
                 row["p50_over_ping"] = row["p50_us"] / floor
                 rows.append(row)
                 print(
-                    f"{name:18s} x{procs:<2d} {row['ops_per_s']:>10,.0f} ops/s  p50 {row['p50_us']:7.1f} us  "
+                    f"{name:26s} x{procs:<2d} {row['ops_per_s']:>10,.0f} ops/s  p50 {row['p50_us']:7.1f} us  "
                     f"p99 {row['p99_us']:7.1f} us  p50/PING {row['p50_over_ping']:5.2f}",
                     flush=True,
                 )

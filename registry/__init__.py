@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from registry.admission.route import Route
 from registry.admission.types import Decision, Reservation
 from registry.aio import AsyncRegistry
 from registry.budgets.types import Budget, BudgetStatus
@@ -53,6 +54,7 @@ __all__ = [
     "RequestTooLargeError",
     "Reservation",
     "RevisionConflictError",
+    "Route",
     "ScriptError",
     "SearchQuery",
     "Statistics",

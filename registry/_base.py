@@ -13,7 +13,9 @@ from typing import Any
 
 from registry._core import Flow
 from registry.admission import ops as admission
+from registry.admission import route as routing
 from registry.admission.ops import Mode
+from registry.admission.route import Route
 from registry.admission.types import Decision, Reservation, check_tenant
 from registry.budgets import ops as budget_ops
 from registry.budgets.periods import PERIODS
@@ -131,6 +133,39 @@ class RegistryBase:
         if self._test_clock is not None:
             return int(self._test_clock())
         return int(time.time() * 1000) + self._offset_ms
+
+    def _route_flow(
+        self,
+        snapshot: Snapshot,
+        input_tokens: int,
+        max_output_tokens: int | None,
+        capability: str | Sequence[str] | None,
+        candidates: Sequence[str] | None,
+        max_cost: Decimal | int | str | None,
+        tenant: str | None,
+        request_id: str | None,
+        currency: str,
+        filters: dict[str, Any],
+    ) -> Flow[Route]:
+        eligible = routing.candidates(
+            snapshot,
+            input_tokens=input_tokens,
+            max_output_tokens=max_output_tokens,
+            capability=capability,
+            keys=candidates,
+            max_cost=max_cost,
+            currency=currency.upper(),
+            filters=filters,
+        )
+
+        def acquire(model: ModelSpec) -> Flow[Decision]:
+            flow = self._acquire_flow(snapshot, model.key, input_tokens, max_output_tokens, tenant, request_id)
+            return self._remember(model.key, tenant, (yield from flow))
+
+        def cached(model_key: str) -> Decision | None:
+            return self._cached_denial(model_key, tenant)
+
+        return (yield from routing.route(eligible, acquire, cached))
 
     def _cached_denial(self, model_key: str, tenant: str | None) -> Decision | None:
         """A refusal remembered locally until its retry_after (``cache_denials=True``)."""

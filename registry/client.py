@@ -16,6 +16,7 @@ import redis
 
 from registry import _core
 from registry._base import DEFAULT_REFRESH_INTERVAL, RegistryBase, check_url, estimate_from, log
+from registry.admission.route import Route
 from registry.admission.ticket import Admit
 from registry.admission.types import Decision, Reservation, check_tenant
 from registry.budgets import ops as budget_ops
@@ -339,6 +340,43 @@ class Registry(RegistryBase):
             if delay is None:
                 return decision
             self._sleep(delay)
+
+    def route(
+        self,
+        *,
+        input_tokens: int,
+        max_output_tokens: int | None = None,
+        capability: str | Sequence[str] | None = None,
+        candidates: Sequence[str] | None = None,
+        max_cost: Decimal | int | str | None = None,
+        tenant: str | None = None,
+        request_id: str | None = None,
+        currency: str = "USD",
+        **filters: Any,
+    ) -> Route:
+        """Admit the request on the cheapest eligible model that has room now.
+
+        Eligible: has ``capability`` (and passes ``filters``, as :meth:`search_models`), is
+        one of ``candidates`` if given, is priced in ``currency``, is neither deprecated nor
+        retired, fits ``input_tokens + max_output_tokens`` in its context window, and would
+        cost at most ``max_cost``. Models are tried cheapest first (one acquire, one round
+        trip each); a refused one is skipped rather than waited for. Returns a
+        :class:`~registry.admission.route.Route` ``(decision, model_key, tried)``; settle
+        ``decision.reservation`` as after :meth:`acquire`.
+        """
+        flow = self._route_flow(
+            self._catalog(),
+            input_tokens,
+            max_output_tokens,
+            capability,
+            candidates,
+            max_cost,
+            tenant,
+            request_id,
+            currency,
+            filters,
+        )
+        return self._run(flow)
 
     def check_rate_limit(self, model_key: str, tokens: int = 0, tenant: str | None = None) -> Decision:
         """Would a request of ``tokens`` tokens be admitted now? Consumes nothing."""

@@ -34,6 +34,7 @@ def test_public_names() -> None:
         "RequestTooLargeError",
         "Reservation",
         "RevisionConflictError",
+        "Route",
         "ScriptError",
         "SearchQuery",
         "Statistics",
