@@ -1,6 +1,7 @@
 -- budget_settle.lua: end a request's hold on its tenant's budgets, once: release the held
 -- estimate and (settle) add the real cost to each budget's spend, announcing each threshold
--- the spend reaches for the first time in the period; or (release) add nothing.
+-- the spend reaches for the first time in the period; or (release) add nothing. "spend" adds
+-- a cost that was never held (record_usage: the ledger's request id made it count once).
 --
 -- A hold that already lapsed (lib/budget.lua) is not released twice, but a late settle still
 -- adds its cost: the record outlives the hold by a day for that.
@@ -10,14 +11,14 @@
 -- KEYS[2+n]  the tenant's budget events (stream)
 -- ARGV[1]    now in ms, or "" to use the server's TIME
 -- ARGV[2]    the token of the acquire being settled
--- ARGV[3]    "settle" | "release"
+-- ARGV[3]    "settle" | "release" | "spend" (no hold: KEYS[1] is not read)
 -- ARGV[4]    the real cost in units (integer string >= 0; ignored by release)
 -- ARGV[5]    n
 -- ARGV[6]    events stream cap (approximate MAXLEN)
 -- ARGV[7]    the tenant, ARGV[8] the currency, ARGV[9] the request id (for the events)
--- ARGV[10 + 5*(i-1) + 0..4] budget i: scope, period, period index, amount in units ("" if
+-- ARGV[10 + 6*(i-1) + 0..5] budget i: scope, period, period index, amount in units ("" if
 --            the budget is gone: no threshold), thresholds "pct:units pct:units ..." (units
---            of spend that reach each percentage; "" for none)
+--            of spend that reach each percentage; "" for none), keep ms (the spend hash's TTL)
 --
 -- returns {1, now_ms, events} settled or released, with the number of threshold events
 --         raised; {0, now_ms, 0} no such hold (settled, released, lapsed a day ago, or
@@ -27,11 +28,11 @@
 --! include common
 --! include budget
 local n = tonumber(ARGV[5])
-if not whole(n, 1, 16) or #KEYS ~= 2 + n or #ARGV ~= 9 + 5 * n then
-  return redis.error_reply('ERR_ARGS expected n budgets: 2 + n keys and 9 + 5n args')
+if not whole(n, 1, 16) or #KEYS ~= 2 + n or #ARGV ~= 9 + 6 * n then
+  return redis.error_reply('ERR_ARGS expected n budgets: 2 + n keys and 9 + 6n args')
 end
 local token, mode, cost, cap = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[6])
-if mode ~= 'settle' and mode ~= 'release' then
+if mode ~= 'settle' and mode ~= 'release' and mode ~= 'spend' then
   return redis.error_reply('ERR_ARGS unknown mode ' .. tostring(mode))
 end
 if not string.match(cost, '^%d+$') or not whole(tonumber(cost), 0, MAX) then
@@ -46,10 +47,14 @@ if not now then
 end
 local budgets = {}
 for i = 1, n do
-  local base = 10 + 5 * (i - 1)
-  local b = {scope = ARGV[base], period = ARGV[base + 1], index = ARGV[base + 2], amount = ARGV[base + 3], marks = {}}
+  local base = 10 + 6 * (i - 1)
+  local b = {scope = ARGV[base], period = ARGV[base + 1], index = ARGV[base + 2], amount = ARGV[base + 3], marks = {},
+    keep = tonumber(ARGV[base + 5])}
   if b.amount ~= '' and not string.match(b.amount, '^%d+$') then
     return redis.error_reply('ERR_ARGS budget ' .. i .. ': amount must be an integer or ""')
+  end
+  if not whole(b.keep, 1, MAX) then
+    return redis.error_reply('ERR_ARGS budget ' .. i .. ': keep must be a positive integer (ms)')
   end
   for pct, units in string.gmatch(ARGV[base + 4], '(%d+):(%d+)') do
     b.marks[#b.marks + 1] = {pct, tonumber(units)}
@@ -57,14 +62,16 @@ for i = 1, n do
   budgets[i] = b
 end
 
-local record = redis.call('HMGET', KEYS[1], 'tok', 'keys')
-if record[1] ~= token then
-  return {0, now, 0}
-end
-local names = {}
-for i = 1, n do names[i] = KEYS[1 + i] end
-if record[2] ~= table.concat(names, '\n') then
-  return redis.error_reply('ERR_ARGS the spend keys differ from the ones the hold names')
+if mode ~= 'spend' then
+  local record = redis.call('HMGET', KEYS[1], 'tok', 'keys')
+  if record[1] ~= token then
+    return {0, now, 0}
+  end
+  local names = {}
+  for i = 1, n do names[i] = KEYS[1 + i] end
+  if record[2] ~= table.concat(names, '\n') then
+    return redis.error_reply('ERR_ARGS the spend keys differ from the ones the hold names')
+  end
 end
 
 -- Nothing is written if a spend would pass what a Redis integer holds (2^63 - 1).
@@ -77,14 +84,14 @@ end
 local raised = 0
 for i = 1, n do
   local key, b = KEYS[1 + i], budgets[i]
-  local hold = redis.call('HGET', key, 'h:' .. token)
+  local hold = mode ~= 'spend' and redis.call('HGET', key, 'h:' .. token)
   if hold then
     local units = string.match(hold, ' (%d+)$')
     redis.call('HDEL', key, 'h:' .. token)
     redis.call('HINCRBY', key, 'held', '-' .. units)
   end
   live_held(key, now, true)
-  if mode == 'settle' and cost ~= '0' then
+  if mode ~= 'release' and cost ~= '0' then
     local spent = redis.call('HINCRBY', key, 'spent', cost)
     if b.amount ~= '' then
       for _, mark in ipairs(b.marks) do
@@ -99,6 +106,9 @@ for i = 1, n do
       end
     end
   end
+  redis.call('PEXPIRE', key, b.keep)  -- after the writes: a hash made by them gets it too
 end
-redis.call('DEL', KEYS[1])
+if mode ~= 'spend' then
+  redis.call('DEL', KEYS[1])
+end
 return {1, now, raised}

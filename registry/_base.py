@@ -251,9 +251,10 @@ class RegistryBase:
         tenant: str | None,
         request_id: str | None,
     ) -> Flow[UsageRecord]:
+        model = snapshot.get(self._key(model_key))
         return ledger.record(
             self.keys,
-            snapshot.get(self._key(model_key)),
+            model,
             input_tokens,
             output_tokens,
             success=success,
@@ -263,6 +264,7 @@ class RegistryBase:
             now_ms=self._now_ms(),
             predicted_ms=self._predicted_ms(),
             sample_cap=self._sample_cap(),
+            budgets=snapshot.budgets_for(check_tenant(tenant), model),
         )
 
     def _sample_cap(self) -> int:

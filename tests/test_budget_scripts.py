@@ -42,12 +42,12 @@ def test_reserve_holds_and_refuses(r: redis.Redis) -> None:
 
 def test_settle_spends_once_and_announces_each_mark_once(r: redis.Redis) -> None:
     ok_reserve(r)
-    reply = settle(r, NOW, "t1", "settle", 550, 1, 100, "a", "USD", "x", "*", "day", 0, 1000, "50:500 80:800")
+    reply = settle(r, NOW, "t1", "settle", 550, 1, 100, "a", "USD", "x", "*", "day", 0, 1000, "50:500 80:800", DAY)
     assert reply == [1, NOW, 1]
     # `next` may name a hold gone since: the next sweep finds nothing to release and drops it
     assert r.hgetall(SPEND) == {"held": "0", "spent": "550", "t:50": str(NOW), "next": str(NOW + 1000)}
     assert not r.exists(HOLD)
-    assert settle(r, NOW, "t1", "settle", 550, 1, 100, "a", "USD", "x", "*", "day", 0, 1000, "50:500")[:3] == [
+    assert settle(r, NOW, "t1", "settle", 550, 1, 100, "a", "USD", "x", "*", "day", 0, 1000, "50:500", DAY)[:3] == [
         0,
         NOW,
         0,
@@ -61,9 +61,24 @@ def test_a_lapsed_hold_is_swept_once_and_a_late_settle_still_spends(r: redis.Red
     reply = reserve(r, later, "acquire", 1000, "t2", 700, 1, 1000, DAY, 0, DAY, keys=("{bud:a}:r:y", SPEND))
     assert reply == [1, later, 0, 0, "", "0", "700"]  # the lapsed 300 no longer counts
     assert "h:t1" not in r.hgetall(SPEND)
-    assert settle(r, later, "t1", "settle", 100, 1, 100, "a", "USD", "x", "*", "day", 0, "", "") == [1, later, 0]
+    assert settle(r, later, "t1", "settle", 100, 1, 100, "a", "USD", "x", "*", "day", 0, "", "", DAY) == [1, later, 0]
     assert r.hget(SPEND, "held") == "700"
     assert r.hget(SPEND, "spent") == "100"
+
+
+def test_spend_adds_a_cost_never_held(r: redis.Redis) -> None:
+    ok_reserve(r)  # a hold of 300 under t1, which "spend" must leave alone
+    reply = settle(r, NOW, "-", "spend", 600, 1, 100, "a", "USD", "rec-1", "*", "day", 0, 1000, "50:500", DAY)
+    assert reply == [1, NOW, 1]
+    assert r.hgetall(SPEND)["spent"] == "600"
+    assert r.hgetall(SPEND)["held"] == "300"
+    assert r.hgetall(HOLD)["tok"] == "t1"  # the hold record is not read nor deleted
+    assert [f["request_id"] for _, f in r.xrange(EVENTS)] == ["rec-1"]
+    fresh = "{bud:a}:s:*:month:0"  # a spend hash made by "spend" alone gets its TTL too
+    settle(
+        r, NOW, "-", "spend", 1, 1, 100, "a", "USD", "rec-2", "*", "month", 0, "", "", DAY, keys=(HOLD, fresh, EVENTS)
+    )
+    assert 0 < r.pttl(fresh) <= DAY
 
 
 def test_peek_writes_nothing(r: redis.Redis) -> None:
@@ -100,12 +115,14 @@ def test_reserve_refuses_bad_arguments_and_writes_nothing(r: redis.Redis, args: 
 @pytest.mark.parametrize(
     "args",
     [
-        (NOW, "t1", "spend", 1, 1, 100, "a", "USD", "x", "*", "day", 0, 1000, ""),
-        (NOW, "t1", "settle", "-1", 1, 100, "a", "USD", "x", "*", "day", 0, 1000, ""),
-        (NOW, "t1", "settle", 2**53, 1, 100, "a", "USD", "x", "*", "day", 0, 1000, ""),
-        (NOW, "t1", "settle", 1, 1, 0, "a", "USD", "x", "*", "day", 0, 1000, ""),
-        (NOW, "t1", "settle", 1, 1, 100, "a", "USD", "x", "*", "day", 0, "1e3", ""),
-        (NOW, "t1", "settle", 1, 2, 100, "a", "USD", "x", "*", "day", 0, 1000, ""),
+        (NOW, "t1", "spent", 1, 1, 100, "a", "USD", "x", "*", "day", 0, 1000, "", DAY),
+        (NOW, "t1", "settle", "-1", 1, 100, "a", "USD", "x", "*", "day", 0, 1000, "", DAY),
+        (NOW, "t1", "settle", 2**53, 1, 100, "a", "USD", "x", "*", "day", 0, 1000, "", DAY),
+        (NOW, "t1", "settle", 1, 1, 0, "a", "USD", "x", "*", "day", 0, 1000, "", DAY),
+        (NOW, "t1", "settle", 1, 1, 100, "a", "USD", "x", "*", "day", 0, "1e3", "", DAY),
+        (NOW, "t1", "settle", 1, 2, 100, "a", "USD", "x", "*", "day", 0, 1000, "", DAY),
+        (NOW, "t1", "settle", 1, 1, 100, "a", "USD", "x", "*", "day", 0, 1000, "", 0),
+        (NOW, "t1", "settle", 1, 1, 100, "a", "USD", "x", "*", "day", 0, 1000, ""),
     ],
 )
 def test_settle_refuses_bad_arguments_and_writes_nothing(r: redis.Redis, args: tuple[Any, ...]) -> None:
@@ -115,7 +132,23 @@ def test_settle_refuses_bad_arguments_and_writes_nothing(r: redis.Redis, args: t
         settle(r, *args)
     with pytest.raises(redis.ResponseError, match="ERR_ARGS the spend keys differ"):
         settle(
-            r, NOW, "t1", "settle", 1, 1, 100, "a", "USD", "x", "*", "week", 0, 1000, "", keys=(HOLD, SPEND2, EVENTS)
+            r,
+            NOW,
+            "t1",
+            "settle",
+            1,
+            1,
+            100,
+            "a",
+            "USD",
+            "x",
+            "*",
+            "week",
+            0,
+            1000,
+            "",
+            DAY,
+            keys=(HOLD, SPEND2, EVENTS),
         )
     assert dump(r) == before
 
@@ -125,5 +158,5 @@ def test_a_spend_that_would_overflow_is_refused_whole(r: redis.Redis) -> None:
     r.hset(SPEND, "spent", 2**63 - 10)
     before = dump(r)
     with pytest.raises(redis.ResponseError, match="ERR_OVERFLOW"):
-        settle(r, NOW, "t1", "settle", 100, 1, 100, "a", "USD", "x", "*", "day", 0, 1000, "")
+        settle(r, NOW, "t1", "settle", 100, 1, 100, "a", "USD", "x", "*", "day", 0, 1000, "", DAY)
     assert dump(r) == before

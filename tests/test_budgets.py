@@ -323,3 +323,21 @@ def test_budget_refusals_are_not_cached_locally(make_registry: Any) -> None:
     assert reg.acquire("openai:gpt-4", 1000, 0, tenant="acme").denied_by == "budget:*:day"
     reg.set_budget("acme", "1", "day")
     assert reg.acquire("openai:gpt-4", 1000, 0, tenant="acme").allowed
+
+
+def test_recorded_usage_counts_against_the_tenants_budgets_once(clocked: Any, r: redis.Redis) -> None:
+    reg, _ = clocked
+    reg.set_budget("acme", "0.3", "day")
+    reg.set_budget("acme", "5", "month", model="openai:gpt-4o-mini")
+    reg.record_usage("openai:gpt-4", 1000, 1000, tenant="acme", request_id="r1")  # $0.09, held nothing
+    assert reg.record_usage("openai:gpt-4", 1000, 1000, tenant="acme", request_id="r1").duplicate
+    reg.record_usage("openai:gpt-4", 1000, 1000, tenant="acme")  # no id: counts each time
+    reg.record_usage("openai:gpt-4", 1000, 1000, tenant="beta")  # another tenant
+    reg.record_usage("openai:gpt-4", 1000, 1000)  # no tenant
+    (day, month) = reg.budget_status("acme")
+    assert (day.spent, day.held, day.thresholds_reached) == (Decimal("0.18"), 0, (50,))
+    assert month.spent == 0  # a budget of another model
+    # the budget now admits only what is left: $0.12, one more $0.09 request
+    assert reg.acquire("openai:gpt-4", 1000, 1000, tenant="acme").allowed
+    assert not reg.acquire("openai:gpt-4", 1000, 1000, tenant="acme").allowed
+    assert 0 < r.pttl(K.budget_spend("acme", "*", "day", DAY0)) <= 40 * DAY_MS

@@ -101,8 +101,10 @@ def finish(
     currency: str,
     now_ms: int | None,
     events_cap: int = BUDGET_EVENTS_CAP,
+    held: bool = True,
 ) -> Flow[int | None]:
-    """Settle a hold with the real ``cost_units`` (None: release it, adding nothing).
+    """Settle a hold with the real ``cost_units`` (None: release it, adding nothing); with
+    ``held`` False, add ``cost_units`` to budgets that held nothing (a recorded request).
 
     ``budgets`` are the tenant's budgets now, by (scope, period): their amounts and thresholds
     decide the events; a budget removed since the hold still gets the spend, without events.
@@ -111,7 +113,7 @@ def finish(
     args: list[str | int] = [
         "" if now_ms is None else now_ms,
         token,
-        "release" if cost_units is None else "settle",
+        "release" if cost_units is None else ("settle" if held else "spend"),
         cost_units or 0,
         len(periods),
         events_cap,
@@ -122,7 +124,7 @@ def finish(
     for scope, period, index in periods:
         budget = budgets.get((scope, period))
         marks = "" if budget is None else " ".join(f"{p}:{u}" for p, u in budget.threshold_units())
-        args += [scope, period, index, "" if budget is None else budget.units, marks]
+        args += [scope, period, index, "" if budget is None else budget.units, marks, keep_ms(period)]  # type: ignore[arg-type]
     reply = yield Script(
         "budget_settle",
         keys=(

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
 from registry._core import Flow, Script
 from registry.admission.types import check_tenant
+from registry.budgets import ops as budget_ops
+from registry.budgets.periods import index_at
+from registry.budgets.types import Budget
 from registry.errors import ConfigError, ScriptError
 from registry.keys import Keys
 from registry.ledger.money import to_units
@@ -117,6 +121,7 @@ def record(
     now_ms: int | None = None,
     predicted_ms: int,
     sample_cap: int = 0,
+    budgets: Sequence[Budget] = (),
 ) -> Flow[UsageRecord]:
     """Add one request's usage to the model's (and the tenant's) counters, once per id.
 
@@ -148,6 +153,22 @@ def record(
         except (TypeError, ValueError, IndexError) as exc:
             raise ScriptError(f"record_usage: malformed reply {reply!r}") from exc
         if status != 2:
+            if status == 1 and budgets and tenant is not None:
+                # The tenant's budgets count recorded spend too (nothing was held for it). Only
+                # a record that counted reaches them, so a resent id is never spent twice; a
+                # failure between the two scripts loses this spend from the budget, never doubles it.
+                yield from budget_ops.finish(
+                    keys,
+                    {(b.scope, b.period): b for b in budgets},
+                    tenant=tenant,
+                    reservation_id=request_id or "-",
+                    token="-",
+                    periods=[(b.scope, b.period, index_at(b.period, server_ms)) for b in budgets],
+                    cost_units=usage.units,
+                    currency=model.cost.currency,
+                    now_ms=now_ms,
+                    held=False,
+                )
             return UsageRecord(status == 1, usage.cost, usage.units, server_ms)
         at = server_ms
     raise ScriptError("record_usage: the server's clock moved past a bucket twice; try again")
