@@ -88,7 +88,9 @@ for i = 1, n do
   if hold then
     local units = string.match(hold, ' (%d+)$')
     redis.call('HDEL', key, 'h:' .. token)
-    redis.call('HINCRBY', key, 'held', '-' .. units)
+    if units ~= '0' then  -- Redis refuses "-0"
+      redis.call('HINCRBY', key, 'held', '-' .. units)
+    end
   end
   live_held(key, now, true)
   if mode ~= 'release' and cost ~= '0' then

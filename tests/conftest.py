@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +147,18 @@ def real_redis(server: embedded.EmbeddedRedis) -> None:
     """Skip on the fakeredis fallback: the test needs what only redis-server has (INFO, load)."""
     if server.kind != "redis-server":
         pytest.skip("needs a real redis-server (INFO commandstats, or a load fakeredis cannot carry)")
+
+
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str], redis_url: str) -> Callable[..., tuple[int, str, str]]:
+    """``run(*args)``: ``main(["--redis-url", <test redis>, *args])`` -> (code, stdout, stderr);
+    ``url=None`` leaves the option out (the command's own default)."""
+    from registry.cli import main
+
+    def invoke(*args: str, url: str | None = redis_url) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main((["--redis-url", url] if url else []) + list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return invoke

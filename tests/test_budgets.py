@@ -341,3 +341,20 @@ def test_recorded_usage_counts_against_the_tenants_budgets_once(clocked: Any, r:
     assert reg.acquire("openai:gpt-4", 1000, 1000, tenant="acme").allowed
     assert not reg.acquire("openai:gpt-4", 1000, 1000, tenant="acme").allowed
     assert 0 < r.pttl(K.budget_spend("acme", "*", "day", DAY0)) <= 40 * DAY_MS
+
+
+def test_a_free_model_holds_zero_and_settles_releases_and_lapses(clocked: Any, r: redis.Redis) -> None:
+    """A hold of 0 units (a free local model) is settled, released and swept like any other
+    (Redis refuses HINCRBY by "-0": the scripts must not send it)."""
+    reg, clock = clocked
+    reg.register_model(model("llama.cpp", "local", cost={"input": "0", "output": "0"}))
+    reg.set_budget("acme", "1", "day")
+    held = reg.acquire("llama.cpp:local", 100, 100, tenant="acme").reservation
+    assert reg.settle(held, 100, 40)
+    assert reg.release(reg.acquire("llama.cpp:local", 100, 100, tenant="acme").reservation)
+    reg.acquire("llama.cpp:local", 100, 100, tenant="acme")  # never settled
+    clock.advance(3601)
+    assert reg.acquire("llama.cpp:local", 100, 100, tenant="acme").allowed  # sweeps the lapsed one
+    assert "spent" not in spend(r)  # nothing was ever spent
+    assert spend(r)["held"] == "0"
+    assert reg.budget_status("acme")[0].spent == 0

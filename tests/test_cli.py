@@ -20,7 +20,6 @@ import redis
 
 import registry.cli.sync as cli_sync
 from registry import Registry, __version__
-from registry.cli import main
 from registry.cli.output import Output, cost_text
 from registry.embedded import free_port
 from registry.schema import render_schema
@@ -74,20 +73,6 @@ def write_catalog(path: Path, models: list[dict[str, Any]]) -> Path:
 @pytest.fixture
 def catalog_file(tmp_path: Path) -> Path:
     return write_catalog(tmp_path / "models.json", MODELS)
-
-
-@pytest.fixture
-def run(capsys: pytest.CaptureFixture[str], redis_url: str) -> Callable[..., tuple[int, str, str]]:
-    """``run(*args)``: ``main(["--redis-url", <test redis>, *args])`` -> (code, stdout, stderr)."""
-
-    def invoke(*args: str, url: str | None = redis_url) -> tuple[int, str, str]:
-        capsys.readouterr()
-        argv = (["--redis-url", url] if url else []) + list(args)
-        code = main(argv)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return invoke
 
 
 @pytest.fixture
@@ -692,53 +677,33 @@ def test_import_litellm_bad_file(run: Any, tmp_path: Path) -> None:
 
 
 def test_demo_on_given_redis(run: Any, redis_url: str, catalog_file: Path) -> None:
-    code, out, err = run("demo", "--config", str(catalog_file))
+    """Another catalog: the fleet takes its active chat models; the namespace is removed after."""
+    args = ("--json", "demo", "--config", str(catalog_file), "--workers", "2", "--duration", "2", "--seed", "3")
+    code, out, err = run(*args)
     assert (code, err) == (0, "")
-    assert out.startswith(f"using Redis at {redis_url}\n")
-    assert "4 added, 0 updated, 0 retired, 0 unchanged; revision 1" in out
-    assert "catalog (4 models):" in out
-    lines = out.splitlines()
-    start = lines.index("the three cheapest chat models (3:1) for a request of 3,000 input + 1,000 output tokens:")
-    # (3000 * 0.15 + 1000 * 0.60) / 10^6 and (3000 * 2.50 + 1000 * 10.00) / 10^6
-    assert [line.split()[1:3] for line in lines[start + 2 : start + 4]] == [
-        ["openai:gpt-4o-mini", "0.00105"],
-        ["openai:gpt-4o", "0.0175"],
-    ]
-    assert "example estimates (exact, in each model's currency):" in out
-    assert sorted(catalog_in(redis_url)) == KEYS
-
-    code, out, _ = run("--json", "demo", "--config", str(catalog_file))
     document = json.loads(out)
     assert document["redis"] == {"url": redis_url, "embedded": False}
-    assert document["sync"]["unchanged"] == 4
-    assert document["sync"]["added"] == []
-    assert [m["key"] for m in document["cheapest"]["models"]] == ["openai:gpt-4o-mini", "openai:gpt-4o"]
-    estimates = {(e["model"], e["input_tokens"]): e["cost"] for e in document["estimates"]}
-    # (1000 * 0.15 + 200 * 0.60) / 10^6; (5000 * 2.50 + 15000 * 1.25 + 500 * 10.00) / 10^6
-    assert estimates[("openai:gpt-4o-mini", 1000)] == "0.00027"
-    assert estimates[("openai:gpt-4o", 20000)] == "0.03625"
+    assert document["scenario"]["namespace"].startswith("demo-")
+    assert [m["key"] for m in document["scenario"]["models"]] == ["openai:gpt-4o", "openai:gpt-4o-mini"]
+    assert document["verdict"]["passed"] is True, [c for c in document["verdict"]["checks"] if not c["passed"]]
+    assert catalog_in(redis_url, document["scenario"]["namespace"]) == {}
+    client = redis.Redis.from_url(redis_url)
+    assert client.dbsize() == 0  # nothing left behind, nothing touched outside its namespace
+    client.close()
 
 
-def test_demo_embedded(run: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_embedded(run: Any, monkeypatch: pytest.MonkeyPatch, catalog_file: Path) -> None:
     monkeypatch.delenv("REGISTRY_REDIS_URL", raising=False)
     started = time.monotonic()
-    code, out, err = run("demo", url=None)
+    code, out, err = run("demo", "--config", str(catalog_file), "--workers", "2", "--duration", "2", url=None)
     elapsed = time.monotonic() - started
     assert (code, err) == (0, "")
-    first = out.splitlines()[0]
-    assert first.startswith(("started private redis-server", "started in-process fakeredis"))
-    assert "catalog (" in out
-    assert "the three cheapest chat models" in out
-    assert out.splitlines()[-1].startswith("stopped the private ")
-    assert elapsed < 10  # about a second; generous for loaded machines
-
-    code, out, err = run("--json", "demo", url=None)
-    assert (code, err) == (0, "")
-    document = json.loads(out)
-    assert document["redis"]["embedded"] is True
-    assert document["redis"]["kind"] in ("redis-server", "fakeredis")
-    assert document["sync"]["applied"] is True  # a fresh private server each time
-    assert len(document["cheapest"]["models"]) <= 3
+    lines = out.splitlines()
+    assert lines[0].startswith(("started private redis-server", "started in-process fakeredis"))
+    assert "fleet: 2 worker processes (1 of them die now and then and are replaced)" in out
+    assert any(line.startswith("  verdict: PASS (") for line in lines)
+    assert lines[-1].startswith("stopped the private ")
+    assert elapsed < 30  # about 4 s; generous for loaded machines
 
 
 def test_demo_bad_config(run: Any, tmp_path: Path) -> None:

@@ -34,7 +34,6 @@ import registry.cli.events as cli_events
 from registry import AsyncRegistry, ConfigError, Registry, RegistryError
 from registry._core import Commands
 from registry.catalog.snapshot import Snapshot
-from registry.cli import main
 from registry.cli.output import Output
 from registry.events import (
     BUDGET_THRESHOLD,
@@ -604,19 +603,6 @@ def test_recent_events(make_registry: Any, r: redis.Redis) -> None:
 
 
 # -- the command line -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def run(capsys: pytest.CaptureFixture[str], redis_url: str) -> Callable[..., tuple[int, str, str]]:
-    """``run(*args)``: ``main(["--redis-url", <test redis>, *args])`` -> (code, stdout, stderr)."""
-
-    def invoke(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main(["--redis-url", redis_url, *args])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return invoke
 
 
 @pytest.fixture

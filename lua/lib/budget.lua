@@ -32,7 +32,9 @@ local function live_held(key, now, write)
   if write then
     for _, e in ipairs(expired) do
       redis.call('HDEL', key, e[1])
-      redis.call('HINCRBY', key, 'held', '-' .. e[2])
+      if e[2] ~= '0' then  -- Redis refuses "-0"
+        redis.call('HINCRBY', key, 'held', '-' .. e[2])
+      end
     end
     if earliest then
       redis.call('HSET', key, 'next', string.format('%d', earliest))

@@ -15,15 +15,18 @@
     registry budget delete TENANT [--period P] [--model KEY]
     registry budget list [TENANT] | status TENANT
     registry events [--follow] [--type T ...] [--last N] [--since-id ID]
+    registry top [--interval SECONDS] [--once]
+    registry exporter [--port PORT] [--addr ADDR]
     registry schema [--output FILE | --check FILE]
-    registry demo [--config FILE]
+    registry demo [--workers N] [--duration SECONDS] [--rps N] [--seed N] [--config FILE] [--keep]
 
 Global options, before or after the command: ``--redis-url`` (default ``$REGISTRY_REDIS_URL``,
 else ``redis://localhost:6379/0``; ``demo`` starts a private Redis instead), ``--namespace``
 (default ``$REGISTRY_NAMESPACE``, else ``registry``), ``--json``, ``--version``.
 
 Exit status: 0 done; 1 Redis unreachable or failing, a model not found, a file that could not
-be written, ``schema --check`` found a difference, ``budget delete`` found no such budget; 2 a
+be written, ``schema --check`` found a difference, ``budget delete`` found no such budget, a
+check of ``demo``'s verdict failed; 2 a
 usage error or a bad config file. Every error is one message on stderr, ``registry: error: ...``,
 never a traceback.
 """

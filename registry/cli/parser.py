@@ -8,7 +8,7 @@ from decimal import Decimal, InvalidOperation
 
 from registry import __version__
 from registry.budgets.periods import PERIODS
-from registry.cli import budgets, catalog, demo, events, sync, tools
+from registry.cli import budgets, catalog, demo, events, exporter, sync, tools, top
 from registry.events import EVENT_TYPES
 from registry.models import Status
 
@@ -53,6 +53,14 @@ def _amount(text: str) -> str:
     if not value.is_finite() or value < 0:
         raise argparse.ArgumentTypeError(f"expected a finite amount >= 0, got {text!r}")
     return text
+
+
+def _port(text: str) -> int:
+    """A TCP port, 0 (any free one) to 65535."""
+    value = _non_negative_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
+    return value
 
 
 def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -252,11 +260,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="the events after this stream entry id (<ms>-<seq>; the catalog's ids are <revision>-0)",
     )
 
+    p = _command(sub, "top", top.cmd_top, "a live dashboard: windows, rates, spend, latency, budgets; q quits")
+    p.add_argument(
+        "--interval", type=_positive_float, default=1.0, metavar="SECONDS", help="between refreshes (default: 1)"
+    )
+    p.add_argument("--once", action="store_true", help="print one frame and exit (no terminal needed)")
+
     p = _command(sub, "schema", tools.cmd_schema, "the config file's JSON Schema")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--output", metavar="FILE", help="write it to FILE")
     group.add_argument("--check", metavar="FILE", help="exit 1 if FILE differs from it")
 
-    p = _command(sub, "demo", demo.cmd_demo, "tour the catalog on a private Redis (or --redis-url)")
-    p.add_argument("--config", metavar="FILE", help="default: the shipped models.json")
+    p = _command(sub, "exporter", exporter.cmd_exporter, "serve the fleet's metrics to Prometheus on /metrics")
+    p.add_argument("--port", type=_port, default=9464, metavar="PORT", help="default: 9464; 0 picks a free one")
+    p.add_argument("--addr", default="0.0.0.0", metavar="ADDR", help="address to listen on (default: 0.0.0.0)")
+
+    p = _command(
+        sub,
+        "demo",
+        demo.cmd_demo,
+        "run a fleet of workers on a private Redis (or --redis-url) and check it: limits, spend, budgets",
+    )
+    p.add_argument("--workers", type=_positive_int, default=8, metavar="N", help="worker processes (default: 8)")
+    p.add_argument(
+        "--duration", type=_positive_float, default=20.0, metavar="SECONDS", help="how long they run (default: 20)"
+    )
+    p.add_argument(
+        "--rps", type=_positive_float, default=80.0, metavar="N", help="requests per second, all workers (default: 80)"
+    )
+    p.add_argument("--seed", type=_non_negative_int, metavar="N", help="for the workers' choices (default: random)")
+    p.add_argument("--config", metavar="FILE", help="the catalog to sync (default: the shipped models.json)")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="on a given Redis, keep the demo's namespace (default: its keys are removed at the end)",
+    )
     return parser
