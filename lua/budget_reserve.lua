@@ -80,8 +80,17 @@ local held_by = mode ~= 'peek' and redis.call('HGET', KEYS[1], 'tok')
 if held_by then
   return reply(2, 0, 0, held_by)
 end
+-- A refusal of an acquire is counted on the refusing budget's period (a peek writes nothing).
+local function denied(i)
+  if mode == 'acquire' then
+    redis.call('HINCRBY', KEYS[1 + i], 'denied', 1)
+    redis.call('PEXPIRE', KEYS[1 + i], budgets[i].keep)
+  end
+end
+
 for i = 1, n do
   if estimate > budgets[i].amount then
+    denied(i)
     return reply(3, i, -1, '')
   end
 end
@@ -102,9 +111,7 @@ end
 local status = 1
 if binding ~= 0 then
   status = (mode == 'shadow') and 4 or 0
-  if mode == 'acquire' then  -- counted on the refusing budget's period (a peek writes nothing)
-    redis.call('HINCRBY', KEYS[1 + binding], 'denied', 1)
-  end
+  denied(binding)
 end
 if mode ~= 'peek' and status ~= 0 then
   local expires = string.format('%d', now + ttl)

@@ -165,7 +165,8 @@ def test_a_request_bigger_than_the_budget_is_refused_for_good(clocked: Any, r: r
     reg.set_budget("acme", "0.05", "day")
     with pytest.raises(RequestTooLargeError, match="budget:\\*:day"):
         reg.acquire("openai:gpt-4", 1000, 1000, tenant="acme")
-    assert not r.exists(K.budget_spend("acme", "*", "day", DAY0))
+    assert spend(r) == {"denied": "1"}  # counted as a refusal of that budget, nothing held
+    assert 0 < r.pttl(K.budget_spend("acme", "*", "day", DAY0)) <= 40 * DAY_MS
 
 
 def test_a_refusal_by_the_windows_gives_the_hold_back(clocked: Any, r: redis.Redis) -> None:

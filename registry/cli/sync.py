@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from registry.catalog.sync import SyncPlan, parse_catalog
+from registry.catalog.sync import SyncPlan, parse_catalog, read_catalog_file
 from registry.cli.context import Context
 from registry.cli.output import Output
+from registry.cli.progress import Steps
 from registry.client import Registry
 from registry.errors import ConfigError, RegistryError
 
@@ -158,7 +159,11 @@ def cmd_sync(ctx: Context) -> int:
                 if not ctx.out.json:
                     ctx.out.line("stopped")
             return 0
-        plan = reg.load_config(args.file, prune=args.prune, dry_run=args.dry_run)
+        steps = Steps(ctx.out)
+        with steps.step(f"reading {Path(args.file).name}"):
+            models = read_catalog_file(args.file)
+        with steps.step(f"{'comparing' if args.dry_run else 'syncing'} {len(models)} models"):
+            plan = reg.sync_models(models, prune=args.prune, dry_run=args.dry_run)
     if ctx.out.json:
         ctx.out.document(plan_document(plan, args.file, dry_run=args.dry_run))
     else:

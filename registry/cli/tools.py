@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from registry.cli.context import Context
 from registry.cli.output import render_table
+from registry.cli.progress import Steps
 from registry.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -43,15 +44,20 @@ def cmd_import_litellm(ctx: Context) -> int:
 
     args = ctx.args
     path = Path(args.file)
-    result = import_litellm_map(path)  # a bad file raises ConfigError
+    steps = Steps(ctx.out)
+    with steps.step(f"converting {path.name}", total=0) as advance:
+        result = import_litellm_map(path, progress=advance)  # a bad file raises ConfigError
     with ctx.registry() as reg:
         models = result.models
         kept: list[str] = []
         if not args.replace:
-            present = {m.key for m in reg.list_models()}
+            with steps.step("reading the catalog"):
+                present = {m.key for m in reg.list_models()}
             kept = [m.key for m in models if m.key in present]
             models = [m for m in models if m.key not in present]
-        plan = reg.sync_models(models, dry_run=args.dry_run)
+        verb = "comparing" if args.dry_run else "writing"
+        with steps.step(f"{verb} {len(models)} models (one atomic write)"):
+            plan = reg.sync_models(models, dry_run=args.dry_run)
     if ctx.out.json:
         document: dict[str, Any] = {
             "file": str(path),

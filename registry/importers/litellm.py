@@ -72,7 +72,7 @@ and ``_get_token_base_cost`` in ``litellm/litellm_core_utils/llm_cost_calc/utils
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Context, Decimal, InvalidOperation
@@ -379,19 +379,28 @@ def _alias(key: str, target_key: Any, data: Mapping[str, Any], by_key: Mapping[s
     return ModelSpec.model_validate(fields)
 
 
-def import_litellm_map(source: str | Path | bytes | Mapping[str, Any], *, today: date | None = None) -> LiteLLMImport:
+def import_litellm_map(
+    source: str | Path | bytes | Mapping[str, Any],
+    *,
+    today: date | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> LiteLLMImport:
     """Convert LiteLLM's price map (a path, JSON bytes or text, or a decoded mapping).
 
     ``today`` decides which models are past their ``deprecation_date`` (default: today).
+    ``progress(done, total)`` is told how many entries are converted, now and then.
     """
     data = _decode(source)
+    total = len(data)
     today = today or date.today()
     by_key: dict[str, ModelSpec] = {}
     aliases: dict[str, str] = {}
     skipped: dict[str, list[str]] = {}
     noisy: list[str] = []
     pending: list[tuple[str, Any]] = []
-    for key, entry in data.items():
+    for done, (key, entry) in enumerate(data.items()):
+        if progress is not None and done % 250 == 0:
+            progress(done, total)
         try:
             if key in NOT_MODELS or not isinstance(entry, Mapping):
                 raise _Skip("not a model entry")
@@ -414,6 +423,8 @@ def import_litellm_map(source: str | Path | bytes | Mapping[str, Any], *, today:
             continue
         aliases[key] = target_key
         by_key[key] = spec
+    if progress is not None:
+        progress(total, total)
     return LiteLLMImport(
         models=sorted(by_key.values(), key=lambda m: m.key),
         aliases=dict(sorted(aliases.items())),
