@@ -181,7 +181,12 @@ if mode ~= 'peek' and status ~= 0 then
     if #writes > 0 then
       redis.call('HSET', key, unpack(writes))
     end
-    redis.call('PEXPIRE', key, l.window + l.bucket)
+    -- The TTL follows the newest bucket: a hash outlives its last bucket's window. A bucket
+    -- that already held something set it when it was made (at most a bucket ago), so only a
+    -- new bucket or a recount needs it set again: about once per bucket width, not per call.
+    if l.current == 0 or l.recount then
+      redis.call('PEXPIRE', key, l.window + l.bucket)
+    end
     l.total = l.total + l.cost
     -- what settle needs: limit name, bucket, amount, window and bucket width
     record[#record + 1] = 'l' .. i

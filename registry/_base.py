@@ -14,7 +14,7 @@ from typing import Any
 from registry._core import Flow
 from registry.admission import ops as admission
 from registry.admission import route as routing
-from registry.admission.ops import Mode
+from registry.admission.ops import Mode, WindowPlan
 from registry.admission.route import Route
 from registry.admission.types import Decision, Reservation, check_tenant
 from registry.budgets import ops as budget_ops
@@ -35,6 +35,7 @@ from registry.versions import compare_versions as _compare_versions
 log = logging.getLogger("registry")
 
 DEFAULT_REFRESH_INTERVAL = 0.5
+_MAX_PLANS = 10_000  # cached acquire plans per client (models x tenants), cleared when full
 USAGE_EVENTS_CAP = 10_000  # sampled usage records kept per model (approximate)
 _SCHEMES = ("redis://", "rediss://", "unix://")
 
@@ -78,6 +79,8 @@ class RegistryBase:
             raise ConfigError(f"usage_event_rate must be from 0 to 1, got {usage_event_rate!r}")
         self.usage_event_rate = float(usage_event_rate)
         self._denials: dict[tuple[str, str | None], tuple[float, Decision]] = {}
+        self._plans: dict[tuple[str, str | None], WindowPlan] = {}
+        self._plans_for: Snapshot | None = None
         self._test_clock: Callable[[], int] | None = None  # see registry.testing.use_clock
         self._offset_ms = 0  # the server's clock minus ours, learned from the ledger's replies
         self._sleep: Callable[[float], None] = time.sleep
@@ -115,6 +118,7 @@ class RegistryBase:
         if mode == "acquire" and self.shadow:
             mode = "shadow"
         model = snapshot.get(self._key(model_key))
+        tenant = check_tenant(tenant)
         return admission.acquire(
             self.keys,
             model,
@@ -126,7 +130,19 @@ class RegistryBase:
             now_ms=self._now_ms(),
             budgets=snapshot.budgets_for(tenant, model),
             predicted_ms=self._predicted_ms(),
+            plan=self._window_plan(snapshot, model, tenant),
         )
+
+    def _window_plan(self, snapshot: Snapshot, model: ModelSpec, tenant: str | None) -> WindowPlan:
+        """The model's (and tenant's) acquire arguments, kept per catalog snapshot."""
+        if self._plans_for is not snapshot:
+            self._plans, self._plans_for = {}, snapshot  # a new revision: limits may have changed
+        plan = self._plans.get((model.key, tenant))
+        if plan is None:
+            if len(self._plans) >= _MAX_PLANS:
+                self._plans.clear()
+            plan = self._plans[(model.key, tenant)] = WindowPlan.of(self.keys, model, tenant)
+        return plan
 
     def _predicted_ms(self) -> int:
         """Our best guess of the server's clock (ours, corrected by what replies taught us)."""

@@ -378,3 +378,25 @@ def test_every_key_of_a_model_shares_its_slot(gated: Any, r: redis.Redis) -> Non
     assert len(keys) == 1 + 3 + 1 + 1 + 1  # 2 reservations, model windows, 2 tenant windows
     assert len({key_slot(k.encode()) for k in keys}) == 1
     assert f"{{registry:adm:openai:gpt-4}}:t:acme:r:{held.id}" in keys
+
+
+def _child_ids(out: Any) -> None:
+    out.put([Reservation.new_id() for _ in range(1000)])
+
+
+def test_reservation_ids_never_repeat_across_a_fork() -> None:
+    """Ids are a per-process random prefix and a counter: a forked child starts a prefix of its
+    own, so it never hands out its parent's next ids."""
+    import multiprocessing as mp
+
+    mine = [Reservation.new_id() for _ in range(1000)]
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_child_ids, args=(out,))
+    child.start()
+    theirs = out.get(timeout=30)
+    child.join(timeout=30)
+    after = [Reservation.new_id() for _ in range(1000)]
+    assert len(set(mine) | set(theirs) | set(after)) == 3000
+    assert {i[:16] for i in theirs} != {i[:16] for i in mine}
+    assert all(len(i) <= 64 for i in mine + theirs + after)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -54,6 +55,7 @@ def acquire(
     reservation_ttl_ms: int = DEFAULT_RESERVATION_TTL_MS,
     budgets: Sequence[Budget] = (),
     predicted_ms: int = 0,
+    plan: WindowPlan | None = None,
 ) -> Flow[Decision]:
     """Check and consume every limit of ``model`` (and of ``tenant`` on it) at once.
 
@@ -71,9 +73,8 @@ def acquire(
     tokens = input_tokens + max_output_tokens
     if tokens > MAX_TOKENS:
         raise ConfigError(f"input_tokens + max_output_tokens must be at most {MAX_TOKENS}")
-    reservation = Reservation(
-        model.key, request_id or Reservation.new_id(), tenant, input_tokens, max_output_tokens, Reservation.new_id()
-    )
+    token = Reservation.new_id()
+    reservation = Reservation(model.key, request_id or token, tenant, input_tokens, max_output_tokens, token)
     check = None
     if budgets and tenant is not None:
         estimate_units = to_units(estimate(model.cost, input_tokens, max_output_tokens))
@@ -97,7 +98,7 @@ def acquire(
             return Decision(False, check.wait_ms / 1000, check.budget.name, MappingProxyType(dict(check.remaining)))
         reservation = msgspec.structs.replace(reservation, budgets=check.periods)
     try:
-        decision = yield from _acquire_windows(keys, model, reservation, tokens, mode, now_ms, reservation_ttl_ms)
+        decision = yield from _acquire_windows(keys, model, reservation, tokens, mode, now_ms, reservation_ttl_ms, plan)
     except RequestTooLargeError:
         if check is not None and check.fresh and mode != "peek":
             yield from _give_back(keys, reservation, model, now_ms)
@@ -129,6 +130,29 @@ def _give_back(keys: Keys, reservation: Reservation, model: ModelSpec, now_ms: i
     )
 
 
+@dataclass(frozen=True, slots=True)
+class WindowPlan:
+    """What every acquire of one model (for one tenant) passes to acquire.lua but the request's
+    own numbers: worked out once per catalog revision by the client, not on every call."""
+
+    limits: tuple[LimitSpec, ...]
+    keys: tuple[str, ...]  # the window hashes, then the denial counters
+    tokens_at: tuple[int, ...]  # where in the per-limit args the token count goes
+    args: tuple[str | int, ...]  # name, limit, window, bucket, cost (1 or a placeholder) per limit
+
+    @classmethod
+    def of(cls, keys: Keys, model: ModelSpec, tenant: str | None) -> WindowPlan:
+        limits = tuple(applicable_limits(model, tenant))
+        args: list[str | int] = []
+        tokens_at = []
+        for spec in limits:
+            args += [spec.name, spec.limit, spec.window_ms, spec.bucket_ms, 1]
+            if spec.counts == "tokens":
+                tokens_at.append(len(args) - 1)
+        window_keys = tuple(window_key(keys, model.key, spec.name, spec.tenant) for spec in limits)
+        return cls(limits, (*window_keys, keys.denials(model.key)), tuple(tokens_at), tuple(args))
+
+
 def _acquire_windows(
     keys: Keys,
     model: ModelSpec,
@@ -137,23 +161,19 @@ def _acquire_windows(
     mode: Mode,
     now_ms: int | None,
     reservation_ttl_ms: int,
+    plan: WindowPlan | None = None,
 ) -> Flow[Decision]:
-    tenant = reservation.tenant
-    limits = applicable_limits(model, tenant)
-    args: list[str | int] = [_now_arg(now_ms), mode, reservation_ttl_ms, len(limits), reservation.token]
-    for spec in limits:
-        cost = 1 if spec.counts == "requests" else tokens
-        args += [spec.name, spec.limit, spec.window_ms, spec.bucket_ms, cost]
+    if plan is None:
+        plan = WindowPlan.of(keys, model, reservation.tenant)
+    limit_args = list(plan.args)
+    for at in plan.tokens_at:
+        limit_args[at] = tokens
     reply = yield Script(
         "acquire",
-        keys=(
-            keys.reservation(model.key, reservation.id, tenant),
-            *(window_key(keys, model.key, spec.name, spec.tenant) for spec in limits),
-            keys.denials(model.key),
-        ),
-        args=tuple(args),
+        keys=(keys.reservation(model.key, reservation.id, reservation.tenant), *plan.keys),
+        args=(_now_arg(now_ms), mode, reservation_ttl_ms, len(plan.limits), reservation.token, *limit_args),
     )
-    return _decision(reply, limits, reservation, tokens, mode)
+    return _decision(reply, plan.limits, reservation, tokens, mode)
 
 
 def _with_token(reservation: Reservation, token: str) -> Reservation:
