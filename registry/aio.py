@@ -19,6 +19,7 @@ from registry._base import DEFAULT_REFRESH_INTERVAL, RegistryBase, check_url, es
 from registry.admission.route import Route
 from registry.admission.ticket import AsyncAdmit
 from registry.admission.types import Decision, Reservation, check_tenant
+from registry.batching import ScriptBatcher
 from registry.budgets import ops as budget_ops
 from registry.budgets.types import DEFAULT_THRESHOLDS, Budget, BudgetStatus
 from registry.catalog import ops
@@ -77,6 +78,7 @@ class AsyncRegistry(RegistryBase):
             usage_event_rate=usage_event_rate,
         )
         self._lock: asyncio.Lock | None = None
+        self._batcher = ScriptBatcher(client, map_redis_errors)
         self._closed = False
         self._watcher: asyncio.Task[None] | None = None
 
@@ -109,9 +111,9 @@ class AsyncRegistry(RegistryBase):
     # -- I/O ------------------------------------------------------------------------------------
 
     async def _execute(self, request: _core.Request) -> Any:
+        if isinstance(request, _core.Script):
+            return await self._batcher.call(request)  # concurrent scripts share a round trip
         with map_redis_errors():
-            if isinstance(request, _core.Script):
-                return await self._script(request.name)(keys=request.keys, args=request.args)
             pipe = self.redis.pipeline(transaction=request.transaction)
             for command in request.commands:
                 pipe.execute_command(*command)
