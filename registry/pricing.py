@@ -81,6 +81,8 @@ def rates_for(cost: Cost, prompt_tokens: int) -> Rates:
 
 
 def _tokens(name: str, value: int) -> int:
+    if type(value) is int and 0 <= value <= MAX_TOKENS:  # the common case, checked cheaply
+        return value
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{name} must be an integer, got {type(value).__name__}")
     if not 0 <= value <= MAX_TOKENS:
@@ -130,9 +132,14 @@ def price(
     reasoning_tokens: int = 0,
 ) -> Decimal:
     """:func:`estimate` without checking its arguments (for callers that checked them once)."""
+    c = _EXACT
+    if not (cost.tiers or cached_input_tokens or cache_write_tokens or reasoning_tokens):
+        # The common request: base prices, plain tokens (the same sums as below, fewer steps).
+        total = c.add(c.multiply(Decimal(input_tokens), cost.input), c.multiply(Decimal(output_tokens), cost.output))
+        total = c.divide(total, Decimal(cost.per))
+        return c.add(total, cost.per_request) if cost.per_request else total
     rates = rates_for(cost, input_tokens)
     plain = input_tokens - cached_input_tokens - cache_write_tokens
-    c = _EXACT
     total = c.multiply(Decimal(plain), rates.input)
     if cached_input_tokens:
         total = c.add(total, c.multiply(Decimal(cached_input_tokens), rates.cached_input))
