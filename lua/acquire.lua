@@ -15,8 +15,9 @@
 -- ARGV[2]   mode: "acquire" | "shadow" (count, never refuse) | "peek" (write nothing)
 -- ARGV[3]   reservation TTL in ms (at most 30 days)
 -- ARGV[4]   n, the number of limits
--- ARGV[5]   this acquire's token: stored in the reservation, so that settling a handle from
---           an earlier use of the same reservation id never touches a later one
+-- ARGV[5]   this acquire's token, new for each call: stored in the reservation, so that settling
+--           a handle from an earlier use of the same reservation id never touches a later one.
+--           A reservation named after the token itself (no caller-given id) is not looked up.
 -- ARGV[6 + 5*(i-1) + 0..4] limit i: name, limit, window_ms, bucket_ms, cost
 --
 -- returns {status, now_ms, binding, retry_after_ms, token, remaining_1, ..., remaining_n}
@@ -66,8 +67,10 @@ for i = 1, n do
   limits[i] = {name = ARGV[base], limit = limit, window = window, bucket = bucket, cost = cost}
 end
 
--- Idempotent: a retried acquire of the same reservation consumes nothing again.
-local held = mode ~= 'peek' and redis.call('HGET', KEYS[1], 'tok')
+-- Idempotent: a retried acquire of the same reservation consumes nothing again. A reservation
+-- named after this call's own token (new for each call) cannot be held yet: no need to look.
+local fresh = string.sub(KEYS[1], -(#token + 3)) == ':r:' .. token
+local held = mode ~= 'peek' and not fresh and redis.call('HGET', KEYS[1], 'tok')
 if held then
   local reply = {2, now, 0, 0, held}
   for i = 1, n do reply[#reply + 1] = -1 end

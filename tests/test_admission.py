@@ -400,3 +400,13 @@ def test_reservation_ids_never_repeat_across_a_fork() -> None:
     assert len(set(mine) | set(theirs) | set(after)) == 3000
     assert {i[:16] for i in theirs} != {i[:16] for i in mine}
     assert all(len(i) <= 64 for i in mine + theirs + after)
+
+
+def test_a_retry_under_a_previous_reservations_id_is_a_duplicate(gated: Any) -> None:
+    """A reservation made without a request id is named after its token; a retry that names it
+    (request_id=reservation.id) brings a new token, so it is looked up and found."""
+    first = gated.acquire("openai:gpt-4", 100, 100).reservation
+    assert first.id == first.token
+    again = gated.acquire("openai:gpt-4", 100, 100, request_id=first.id)
+    assert again.duplicate
+    assert again.reservation.token == first.token
