@@ -40,6 +40,8 @@ from registry.models import ModelSpec
 
 __all__ = ["Registry"]
 
+_STOP_CHECK_S = 0.25  # the watcher looks at its stop flag at least this often
+
 
 class Registry(RegistryBase):
     """The fleet's catalog, read from a local copy that follows Redis.
@@ -169,7 +171,9 @@ class Registry(RegistryBase):
                 backoff = 0.05
                 due = time.monotonic() + self.refresh_interval
                 while not self._stop.is_set():
-                    message = pubsub.get_message(timeout=max(0.0, due - time.monotonic()))
+                    # Short waits, so that close() stops the thread promptly whatever the interval.
+                    wait = min(_STOP_CHECK_S, max(0.0, due - time.monotonic()))
+                    message = pubsub.get_message(timeout=wait)
                     if message is not None or time.monotonic() >= due:
                         self.refresh()
                         due = time.monotonic() + self.refresh_interval

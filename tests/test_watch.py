@@ -236,3 +236,16 @@ def test_a_forked_child_restarts_the_watcher(redis_url: str) -> None:
     writer.close()
     _inherited.close()
     _inherited = None
+
+
+def test_close_stops_the_watcher_whatever_the_refresh_interval(redis_url: str) -> None:
+    """close() joins the watcher for at most 5 s; a watcher waiting a whole minute for its next
+    check would outlive it. It must look at its stop flag far more often than that."""
+    from registry import Registry
+
+    reg = Registry.from_url(redis_url, refresh_interval=60)
+    reg.list_models()  # starts the watcher, which then waits for a notice or a minute
+    thread = reg._watcher
+    assert thread is not None
+    reg.close()
+    assert not thread.is_alive()
