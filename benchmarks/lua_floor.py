@@ -1,0 +1,99 @@
+"""Where acquire's server time goes: acquire.lua against bare scripts doing parts of its work.
+
+    python benchmarks/lua_floor.py [--calls 3000] [--reps 5] [--redis-url URL]
+
+Each row is the median, over --reps runs of --calls calls, of INFO commandstats' usec_per_call
+for EVALSHA (CONFIG RESETSTAT before each run), every call with a new reservation key as a real
+acquire makes. Rows: a script that returns 1 given 1 key and no args, then acquire's 4 keys and
+20 args; a bare script doing acquire's Redis calls (3 HMGET, 3 HSET, 1 SET) with no checks; and
+acquire.lua itself with 3 limits. The differences say what the arguments, the Redis calls and
+the checks and formatting cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import redis
+
+from registry import embedded, scripts
+
+BARE = r"""
+local now = tonumber(ARGV[1])
+local out = {1, now}
+for i = 1, 3 do
+  local key = KEYS[1 + i]
+  local field = tostring(math.floor(now / 1000))
+  local m = redis.call('HMGET', key, '_sum', '_low', field)
+  local sum = (tonumber(m[1]) or 0) + 1
+  redis.call('HSET', key, field, (tonumber(m[3]) or 0) + 1, '_sum', sum)
+  out[#out + 1] = sum
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', 3600000)
+return out
+"""
+WINDOWS = ["{lf:adm:m}:w:rpm", "{lf:adm:m}:w:tpm", "{lf:adm:m}:w:rpd"]
+LIMITS = [
+    ["requests_per_minute", 10**9, 60_000, 1_000, 1],
+    ["tokens_per_minute", 10**12, 60_000, 1_000, 1_200],
+    ["requests_per_day", 10**12, 86_400_000, 900_000, 1],
+]
+
+
+def server_us(r: redis.Redis, source: str, make: object, calls: int, reps: int) -> float:
+    script = r.register_script(source)
+    runs = []
+    for _ in range(reps):
+        r.config_resetstat()
+        for _ in range(calls):
+            keys, args = make()  # type: ignore[operator]
+            script(keys=keys, args=args)
+        runs.append(float(r.info("commandstats")["cmdstat_evalsha"]["usec_per_call"]))
+    return statistics.median(runs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--redis-url")
+    args = parser.parse_args()
+    server = None if args.redis_url else embedded.start()
+    r = redis.Redis.from_url(args.redis_url or server.url, decode_responses=True)  # type: ignore[union-attr]
+    now = int(time.time() * 1000)
+
+    def fresh() -> str:
+        return os.urandom(8).hex()
+
+    def plain() -> tuple[list[str], list[object]]:
+        return ["{lf:adm:m}:x"], []
+
+    def wide() -> tuple[list[str], list[object]]:
+        token = fresh()
+        return [f"{{lf:adm:m}}:r:{token}", *WINDOWS], [now, token, *(["x"] * 18)]
+
+    def acquire() -> tuple[list[str], list[object]]:
+        token = fresh()
+        flat = [v for limit in LIMITS for v in limit]
+        return [f"{{lf:adm:m}}:r:{token}", *WINDOWS], ["", "acquire", 3_600_000, 3, token, *flat]
+
+    rows = [
+        ("return 1: 1 key, no args", "return 1", plain),
+        ("return 1: acquire's 4 keys, 20 args", "return 1", wide),
+        ("bare: 3 HMGET, 3 HSET, 1 SET, no checks", BARE, wide),
+        ("acquire.lua, 3 limits", scripts.load("acquire").source, acquire),
+    ]
+    try:
+        for name, source, make in rows:
+            r.flushall()
+            print(f"{name:42s} {server_us(r, source, make, args.calls, args.reps):7.2f} us per call", flush=True)
+    finally:
+        if server:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
