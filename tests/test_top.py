@@ -472,3 +472,21 @@ def test_top_in_a_pty_against_a_demo_run(redis_url: str) -> None:
     finally:
         child.close(force=True)
     assert child.exitstatus == 0
+
+
+def test_rates_average_the_last_ten_seconds_of_views() -> None:
+    """Top keeps the views of the last ten seconds and takes rates against the oldest, so a
+    one-second frame does not make them jump; before ten seconds it uses what it has."""
+    stamps = iter([0, 1_000, 2_000, 11_000, 12_500])
+    top = cli_top.Top(lambda: FleetView(next(stamps), ()), "ns", "redis://x", 1.0)
+    top.refresh()
+    assert top.previous is None  # one view: no rate yet
+    top.refresh()
+    top.refresh()
+    assert top.previous is not None
+    assert top.previous.at_ms == 0  # 2 s of views: against the first
+    top.refresh()
+    assert top.previous.at_ms == 1_000  # at 11 s: the newest view at least 10 s old
+    top.refresh()
+    assert top.previous.at_ms == 2_000  # at 12.5 s
+    assert [v.at_ms for v in top.history] == [2_000, 11_000, 12_500]

@@ -21,8 +21,9 @@ import os
 import select
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
 from registry.cli.context import CONNECT_TIMEOUT, Context, redact
@@ -39,6 +40,9 @@ QUIT_KEYS = frozenset("qQ")
 PRINT_WIDTH = 160  # a frame printed to a pipe or a file: as wide as the models table wants
 
 
+RATE_WINDOW_MS = 10_000
+
+
 @dataclass
 class Top:
     """The dashboard's state between frames: the last good view, the one before, the last error."""
@@ -50,6 +54,9 @@ class Top:
     view: FleetView | None = None
     previous: FleetView | None = None
     error: str | None = None
+    # Views of the last RATE_WINDOW_MS: rates are taken against the oldest, so they average a
+    # few seconds instead of jumping with each one-second frame.
+    history: deque[FleetView] = field(default_factory=deque)
 
     def refresh(self) -> None:
         """Read the fleet once; on failure keep the last view and remember why."""
@@ -60,7 +67,11 @@ class Top:
         except RegistryError as exc:
             self.error = " ".join(str(exc).split())
         else:
-            self.previous, self.view, self.error = self.view, view, None
+            self.history.append(view)
+            while len(self.history) > 2 and view.at_ms - self.history[1].at_ms >= RATE_WINDOW_MS:
+                self.history.popleft()
+            self.previous = self.history[0] if len(self.history) > 1 else None
+            self.view, self.error = view, None
 
     def frame(self, height: int | None = None) -> RenderableType:
         from registry.top import render_frame  # rich: imported by this command only
