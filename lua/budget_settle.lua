@@ -88,9 +88,7 @@ for i = 1, n do
   if hold then
     local units = string.match(hold, ' (%d+)$')
     redis.call('HDEL', key, 'h:' .. token)
-    if units ~= '0' then  -- Redis refuses "-0"
-      redis.call('HINCRBY', key, 'held', '-' .. units)
-    end
+    unhold(key, units)
   end
   live_held(key, now, true)
   if mode ~= 'release' and cost ~= '0' then

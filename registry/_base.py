@@ -330,18 +330,14 @@ class RegistryBase:
     def _budget_drop(
         tenant: str, period: str, model: str | None
     ) -> tuple[str, Callable[[tuple[Budget, ...]], tuple[Budget, ...]]]:
-        checked = check_tenant(tenant)
-        if checked is None:
-            raise ConfigError("tenant must be a name, got None")
+        checked = _required_tenant(tenant)
         if period not in PERIODS:
             raise ConfigError(f"period must be one of {', '.join(PERIODS)}, got {period!r}")
         scope = model or "*"
         return checked, lambda current: tuple(b for b in current if (b.scope, b.period) != (scope, period))
 
     def _budget_status_flow(self, snapshot: Snapshot, tenant: str) -> Flow[list[BudgetStatus]]:
-        checked = check_tenant(tenant)
-        if checked is None:
-            raise ConfigError("tenant must be a name, got None")
+        checked = _required_tenant(tenant)
         return budget_ops.status(self.keys, checked, snapshot.budgets.get(checked, ()), self._predicted_ms())
 
     @staticmethod
@@ -416,6 +412,14 @@ class RegistryBase:
         )
         ranked = snapshot.cheapest(query, limit=limit, input_tokens=input_tokens, output_tokens=output_tokens)
         return [model for model, _ in ranked]
+
+
+def _required_tenant(tenant: str) -> str:
+    """A budget always belongs to a tenant: ``None`` is an error here, not "no tenant"."""
+    checked = check_tenant(tenant)
+    if checked is None:
+        raise ConfigError("tenant must be a name, got None")
+    return checked
 
 
 def _budget_order(budget: Budget) -> tuple[str, int]:

@@ -6,6 +6,13 @@
 -- (acquires this budget refused in the period).
 -- Money is only changed by HINCRBY of integer strings; Lua compares amounts below 2^53.
 
+-- Take `units` (an integer string) off what `key` holds.
+local function unhold(key, units)
+  if units ~= '0' then  -- Redis refuses "-0"
+    redis.call('HINCRBY', key, 'held', '-' .. units)
+  end
+end
+
 -- Release the holds of `key` that expired by `now` (a request never settled): once per
 -- expiry at most, when `next` has passed. `write` false computes the same without writing.
 -- Returns what is still held.
@@ -32,9 +39,7 @@ local function live_held(key, now, write)
   if write then
     for _, e in ipairs(expired) do
       redis.call('HDEL', key, e[1])
-      if e[2] ~= '0' then  -- Redis refuses "-0"
-        redis.call('HINCRBY', key, 'held', '-' .. e[2])
-      end
+      unhold(key, e[2])
     end
     if earliest then
       redis.call('HSET', key, 'next', string.format('%d', earliest))

@@ -16,7 +16,15 @@ from typing import Any, Literal
 import msgspec
 
 from registry._core import Flow, Script, text
-from registry.admission.types import LIMIT_NAMES, Decision, LimitSpec, Reservation, applicable_limits, check_tenant
+from registry.admission.types import (
+    LIMIT_NAMES,
+    Decision,
+    LimitSpec,
+    Reservation,
+    applicable_limits,
+    check_request_id,
+    check_tenant,
+)
 from registry.budgets import ops as budget_ops
 from registry.budgets.types import Budget
 from registry.errors import ConfigError, RequestTooLargeError, ScriptError
@@ -68,8 +76,7 @@ def acquire(
         max_output_tokens = model.max_output_tokens or 0
     max_output_tokens = check_tokens("max_output_tokens", max_output_tokens)
     tenant = check_tenant(tenant)
-    if request_id is not None and (not isinstance(request_id, str) or not 0 < len(request_id) <= 128):
-        raise ConfigError(f"request_id must be a string of 1 to 128 characters, got {request_id!r}")
+    request_id = check_request_id(request_id)
     tokens = input_tokens + max_output_tokens
     if tokens > MAX_TOKENS:
         raise ConfigError(f"input_tokens + max_output_tokens must be at most {MAX_TOKENS}")

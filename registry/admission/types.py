@@ -21,6 +21,7 @@ __all__ = [
     "LimitSpec",
     "Reservation",
     "applicable_limits",
+    "check_request_id",
     "check_tenant",
 ]
 
@@ -60,6 +61,12 @@ def check_tenant(tenant: str | None) -> str | None:
         return validate_name(tenant, what="tenant", max_length=MAX_TAG_LENGTH * 2)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def check_request_id(request_id: str | None) -> str | None:
+    if request_id is not None and (not isinstance(request_id, str) or not 0 < len(request_id) <= 128):
+        raise ConfigError(f"request_id must be a string of 1 to 128 characters, got {request_id!r}")
+    return request_id
 
 
 def _specs(rate: RateLimit, prefix: str, tenant: str | None) -> list[LimitSpec]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from registry._core import Flow, Script
-from registry.admission.types import check_tenant
+from registry.admission.types import check_request_id, check_tenant
 from registry.budgets import ops as budget_ops
 from registry.budgets.periods import index_at
 from registry.budgets.types import Budget
@@ -132,8 +132,7 @@ def record(
     input_tokens = check_tokens("input_tokens", input_tokens)
     output_tokens = check_tokens("output_tokens", output_tokens)
     tenant = check_tenant(tenant)
-    if request_id is not None and (not isinstance(request_id, str) or not 0 < len(request_id) <= 128):
-        raise ConfigError(f"request_id must be a string of 1 to 128 characters, got {request_id!r}")
+    request_id = check_request_id(request_id)
     usage = Usage.of(model, input_tokens, output_tokens, bool(success), latency_ms, tenant)
     at = predicted_ms if now_ms is None else now_ms
     for _ in range(2):
