@@ -4,9 +4,11 @@
 
 Each row is the median, over --reps runs of --calls calls, of INFO commandstats' usec_per_call
 for EVALSHA (CONFIG RESETSTAT before each run), every call with a new reservation key as a real
-acquire makes. Rows: a script that returns 1 given 1 key and no args, then acquire's 4 keys and
-20 args; a bare script doing acquire's Redis calls (3 HMGET, 3 HSET, 1 SET) with no checks; and
-acquire.lua itself with 3 limits. The differences say what the arguments, the Redis calls and
+acquire makes. Rows: a script that returns 1 given 1 key and no args, then acquire's 5 keys and
+21 args; a bare script doing acquire's Redis calls (3 HMGET, 3 HSET, 1 SET) with no checks;
+acquire.lua cut short after its header checks, its argument checks and its window reads; and
+acquire.lua itself with 3 limits; and one call of 256 requests merged, as the asyncio client
+sends concurrent acquires (its time divided by 256). The differences say what the arguments, the Redis calls and
 the checks and formatting cost.
 """
 
@@ -25,22 +27,38 @@ BARE = r"""
 local now = tonumber(ARGV[1])
 local out = {1, now}
 for i = 1, 3 do
-  local key = KEYS[1 + i]
+  local key = KEYS[i]
   local field = tostring(math.floor(now / 1000))
   local m = redis.call('HMGET', key, '_sum', '_low', field)
   local sum = (tonumber(m[1]) or 0) + 1
   redis.call('HSET', key, field, (tonumber(m[3]) or 0) + 1, '_sum', sum)
   out[#out + 1] = sum
 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', 3600000)
+redis.call('SET', KEYS[5], ARGV[2], 'PX', 3600000)
 return out
 """
 WINDOWS = ["{lf:adm:m}:w:rpm", "{lf:adm:m}:w:tpm", "{lf:adm:m}:w:rpd"]
+DENIALS = "{lf:adm:m}:l:denied"
 LIMITS = [
-    ["requests_per_minute", 10**9, 60_000, 1_000, 1],
-    ["tokens_per_minute", 10**12, 60_000, 1_000, 1_200],
-    ["requests_per_day", 10**12, 86_400_000, 900_000, 1],
+    ["requests_per_minute", 10**9, 60_000, 1_000],
+    ["tokens_per_minute", 10**12, 60_000, 1_000],
+    ["requests_per_day", 10**12, 86_400_000, 900_000],
 ]
+COSTS = [1, 1_200, 1]
+MERGED = 256  # requests in one call, as the asyncio client merges concurrent acquires
+
+
+# acquire.lua cut short after each of its stages (the comment that opens the next stage marks
+# the cut), returning at once: what the checks and the reads cost on their own.
+STAGES = (
+    ("up to its header checks and TIME", "local limits = {}"),
+    ("up to its argument checks", "-- Count each window once."),
+    ("up to its window reads", "-- When `excess` more"),
+)
+
+
+def _prefixes(source: str) -> list[tuple[str, str]]:
+    return [(label, source[: source.index(mark)] + "return {1}\n") for label, mark in STAGES if mark in source]
 
 
 def server_us(r: redis.Redis, source: str, make: object, calls: int, reps: int) -> float:
@@ -73,23 +91,35 @@ def main() -> None:
 
     def wide() -> tuple[list[str], list[object]]:
         token = fresh()
-        return [f"{{lf:adm:m}}:r:{token}", *WINDOWS], [now, token, *(["x"] * 18)]
+        return [*WINDOWS, DENIALS, f"{{lf:adm:m}}:r:{token}"], [now, token, *(["x"] * 19)]
 
     def acquire() -> tuple[list[str], list[object]]:
         token = fresh()
         flat = [v for limit in LIMITS for v in limit]
-        return [f"{{lf:adm:m}}:r:{token}", *WINDOWS], ["", "acquire", 3_600_000, 3, token, *flat]
+        return [*WINDOWS, DENIALS, f"{{lf:adm:m}}:r:{token}"], ["", "acquire", 3_600_000, 3, 1, *flat, token, *COSTS]
 
+    def merged() -> tuple[list[str], list[object]]:
+        tokens = [fresh() for _ in range(MERGED)]
+        flat = [v for limit in LIMITS for v in limit]
+        tails = [v for token in tokens for v in (token, *COSTS)]
+        keys = [*WINDOWS, DENIALS, *(f"{{lf:adm:m}}:r:{token}" for token in tokens)]
+        return keys, ["", "acquire", 3_600_000, 3, MERGED, *flat, *tails]
+
+    source = scripts.load("acquire").source
     rows = [
-        ("return 1: 1 key, no args", "return 1", plain),
-        ("return 1: acquire's 4 keys, 20 args", "return 1", wide),
-        ("bare: 3 HMGET, 3 HSET, 1 SET, no checks", BARE, wide),
-        ("acquire.lua, 3 limits", scripts.load("acquire").source, acquire),
+        ("return 1: 1 key, no args", "return 1", plain, 1),
+        ("return 1: acquire's 5 keys, 21 args", "return 1", wide, 1),
+        ("bare: 3 HMGET, 3 HSET, 1 SET, no checks", BARE, wide, 1),
+        *((f"acquire.lua {label}", part, acquire, 1) for label, part in _prefixes(source)),
+        ("acquire.lua, 3 limits", source, acquire, 1),
+        (f"acquire.lua, {MERGED} requests merged", source, merged, MERGED),
     ]
     try:
-        for name, source, make in rows:
+        for name, source, make, per in rows:
             r.flushall()
-            print(f"{name:42s} {server_us(r, source, make, args.calls, args.reps):7.2f} us per call", flush=True)
+            calls = max(10, args.calls // per)
+            us = server_us(r, source, make, calls, args.reps) / per
+            print(f"{name:46s} {us:7.2f} us per {'request' if per > 1 else 'call'}", flush=True)
     finally:
         if server:
             server.stop()

@@ -146,12 +146,16 @@ async def async_bench(url: str, operation: str) -> AsyncBench:
 
 
 def batching(reg: AsyncRegistry) -> dict[str, float]:
-    """The auto-batcher's counters (item 7): pipelines sent and script calls they carried;
-    empty if this version of AsyncRegistry does not batch."""
+    """The auto-batcher's counters (item 7): pipelines sent, the calls they carried and the
+    script calls those became (merged acquires); empty if AsyncRegistry does not batch."""
     batcher = getattr(reg, "_batcher", None)
     if batcher is None:
         return {}
-    return {"pipelines": float(batcher.batches), "scripts": float(batcher.calls)}
+    return {
+        "pipelines": float(batcher.batches),
+        "batched_calls": float(batcher.calls),
+        "scripts": float(getattr(batcher, "scripts", batcher.calls)),
+    }
 
 
 def close(reg: Registry) -> None:

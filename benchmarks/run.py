@@ -185,7 +185,8 @@ def _auto_batching(url: str) -> bool:
 def _per_pipeline(row: dict[str, Any]) -> str:
     if not row.get("pipelines"):
         return ""
-    return f"; {row['scripts'] / row['pipelines']:.1f} scripts per pipeline"
+    calls = row.get("batched_calls", row["scripts"])
+    return f"; {calls / row['pipelines']:.1f} calls in {row['scripts'] / row['pipelines']:.1f} scripts per pipeline"
 
 
 def section_async(report: Report, url: str, args: argparse.Namespace) -> None:

@@ -1,4 +1,6 @@
--- acquire.lua: check every limit of a request and consume all of them, or none.
+-- acquire.lua: check every limit of a request and consume all of them, or none; for one
+-- request, or for several requests of the same model and limits taken in order (what the
+-- asyncio client's auto-batching sends), each admitted exactly as if it had come alone.
 --
 -- Sliding windows of sub-window buckets: a limit's hash maps a bucket index
 -- (floor(time_ms / bucket_ms)) to what was admitted in it, and keeps `_sum` and `_low`
@@ -7,20 +9,25 @@
 -- bucket still counts: the error only ever refuses early (by at most one bucket), never
 -- admits more than the limit in any interval of window_ms.
 --
--- KEYS[1]   the reservation (hash), written when admitted
--- KEYS[1+i] the window hash of limit i (i = 1..n); all keys share the model's hash tag
--- KEYS[2+n] optional: the model's denial counters (hash: limit name -> refusals), counted
---           on each refusal of an acquire (status 0 or 3), never by a peek
+-- KEYS[1]...KEYS[n]  the window hash of limit i at KEYS[i] (i = 1..n); all keys share the model's hash tag
+-- KEYS[n+1]     the model's denial counters (hash: limit name -> refusals), counted on each
+--               refusal of an acquire (status 0 or 3), never by a peek
+-- KEYS[n+1+j]   the reservation of request j (j = 1..m), a string written when admitted:
+--               "token at|name bucket amount window_ms bucket_ms|..." (what settle.lua reads)
 -- ARGV[1]   now in ms, or "" to use the server's TIME (the testing clock hook)
 -- ARGV[2]   mode: "acquire" | "shadow" (count, never refuse) | "peek" (write nothing)
 -- ARGV[3]   reservation TTL in ms (at most 30 days)
 -- ARGV[4]   n, the number of limits
--- ARGV[5]   this acquire's token, new for each call: stored in the reservation, so that settling
---           a handle from an earlier use of the same reservation id never touches a later one.
---           A reservation named after the token itself (no caller-given id) is not looked up.
--- ARGV[6 + 5*(i-1) + 0..4] limit i: name, limit, window_ms, bucket_ms, cost
+-- ARGV[5]   m, the number of requests (1 to 1024)
+-- ARGV[6 + 4*(i-1) + 0..3]  limit i: name, limit, window_ms, bucket_ms
+-- then for each request j, 1 + n values: its token (new for each call: stored in the
+--           reservation, so that settling a handle from an earlier use of the same reservation
+--           id never touches a later one), then its cost on each limit.
+--           A reservation named after the request's own token (no caller-given id) is not
+--           looked up: it cannot exist yet.
 --
--- returns {status, now_ms, binding, retry_after_ms, token, remaining_1, ..., remaining_n}
+-- returns {now_ms, then for each request: status, binding, retry_after_ms, token,
+--          remaining_1, ..., remaining_n}
 --   token is the stored reservation's token for status 2, else ""
 --   status 1 admitted, 0 refused, 2 already admitted under this reservation (nothing
 --   consumed again), 3 refused for good: cost of limit `binding` exceeds the limit itself,
@@ -28,14 +35,10 @@
 --   binding is the index of the limit that refuses longest (0: none).
 -- Bad arguments raise an error before anything is written.
 
-local n = tonumber(ARGV[4])
+local n, m = tonumber(ARGV[4]), tonumber(ARGV[5])
 --! include common
-if not whole(n, 0, 64) or (#KEYS ~= 1 + n and #KEYS ~= 2 + n) or #ARGV ~= 5 + 5 * n then
-  return redis.error_reply('ERR_ARGS expected n limits: 1 + n keys (2 + n with denials) and 5 + 5n args')
-end
-local token = ARGV[5]
-if token == '' or #token > 64 then
-  return redis.error_reply('ERR_ARGS token must be 1 to 64 characters')
+if not whole(n, 0, 64) or not whole(m, 1, 1024) or #KEYS ~= 1 + n + m or #ARGV ~= 5 + 4 * n + m * (1 + n) then
+  return redis.error_reply('ERR_ARGS expected n limits and m requests: n + 1 + m keys and 5 + 4n + m(1 + n) args')
 end
 local mode = ARGV[2]
 if mode ~= 'acquire' and mode ~= 'shadow' and mode ~= 'peek' then
@@ -52,156 +55,196 @@ end
 
 local limits = {}
 for i = 1, n do
-  local base = 6 + 5 * (i - 1)
-  local limit, window, bucket, cost = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]),
-    tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
-  if not (whole(limit, 0, MAX) and whole(window, 0, MAX) and whole(bucket, 0, MAX) and whole(cost, 0, MAX)) then
+  local base = 6 + 4 * (i - 1)
+  local name, limit, window, bucket = ARGV[base], tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]),
+    tonumber(ARGV[base + 3])
+  if not (whole(limit, 0, MAX) and whole(window, 0, MAX) and whole(bucket, 0, MAX)) then
     return redis.error_reply('ERR_ARGS limit ' .. i .. ': numbers must be integers >= 0')
   end
-  if ARGV[base] == '' or string.find(ARGV[base], '%s') then
+  if name == '' or string.find(name, '[%s|]') then
     return redis.error_reply('ERR_ARGS limit ' .. i .. ': bad name')
   end
   if bucket < 1 or window < bucket or window % bucket ~= 0 then
     return redis.error_reply('ERR_ARGS limit ' .. i .. ': window must be a multiple of the bucket')
   end
-  limits[i] = {name = ARGV[base], limit = limit, window = window, bucket = bucket, cost = cost}
+  local index = math.floor(now / bucket)
+  local field = string.format('%d', index)
+  limits[i] = {name = name, limit = limit, window = window, bucket = bucket, index = index, field = field,
+    added = 0, denied = 0, charge = '|' .. name .. ' ' .. field .. ' ', tail = string.format(' %d %d', window, bucket)}
 end
-
--- Idempotent: a retried acquire of the same reservation consumes nothing again. A reservation
--- named after this call's own token (new for each call) cannot be held yet: no need to look.
-local fresh = string.sub(KEYS[1], -(#token + 3)) == ':r:' .. token
-local held = mode ~= 'peek' and not fresh and redis.call('HGET', KEYS[1], 'tok')
-if held then
-  local reply = {2, now, 0, 0, held}
-  for i = 1, n do reply[#reply + 1] = -1 end
-  return reply
-end
-
--- A refusal of an acquire counts against the limit that made it.
-local function denied(i)
-  if mode ~= 'peek' and #KEYS == 2 + n then
-    redis.call('HINCRBY', KEYS[2 + n], limits[i].name, 1)
+local requests = {}
+for j = 1, m do
+  local at = 6 + 4 * n + (j - 1) * (1 + n)
+  local token = ARGV[at]
+  if token == '' or #token > 64 or string.find(token, '[%s|]') then
+    return redis.error_reply('ERR_ARGS request ' .. j .. ': token must be 1 to 64 characters, no spaces or |')
   end
-end
-
--- Too large ever to be admitted: refuse before reading anything else.
-for i = 1, n do
-  if limits[i].cost > limits[i].limit then
-    denied(i)
-    local reply = {3, now, i, -1, ''}
-    for _ = 1, n do reply[#reply + 1] = -1 end
-    return reply
+  local costs = {}
+  for i = 1, n do
+    local cost = tonumber(ARGV[at + i])
+    if not whole(cost, 0, MAX) then
+      return redis.error_reply('ERR_ARGS request ' .. j .. ', limit ' .. i .. ': cost must be an integer >= 0')
+    end
+    costs[i] = cost
   end
+  local key = KEYS[n + 1 + j]
+  -- named after its own token (new for each call): no reservation can hold it yet
+  requests[j] = {token = token, costs = costs, key = key, fresh = string.sub(key, -(#token + 3)) == ':r:' .. token}
 end
 
--- Count each window. Fast path: the hash keeps `_sum` (what its live buckets hold) and
+-- Count each window once. Fast path: the hash keeps `_sum` (what its live buckets hold) and
 -- `_low` (its oldest bucket); while that bucket is still in the window, nothing expired and
 -- the total is `_sum`. Otherwise (about once per bucket width) read every bucket, drop the
 -- expired ones and recount. A refusal reads the buckets to find when the request fits.
 local function buckets(l, key)
   local flat = redis.call('HGETALL', key)
-  local live, expired, total, low = {}, {}, 0, nil
+  local older, expired, total, low = {}, {}, 0, nil
   for j = 1, #flat, 2 do
     if string.sub(flat[j], 1, 1) ~= '_' then
       local index, value = tonumber(flat[j]), tonumber(flat[j + 1])
       if (index + 1) * l.bucket <= now - l.window then
         expired[#expired + 1] = flat[j]
       else
-        live[#live + 1] = {index, value}
+        if index ~= l.index then older[#older + 1] = {index, value} end
         total = total + value
         if not low or index < low then low = index end
       end
     end
   end
-  return live, expired, total, low
+  return older, expired, total, low
 end
 
-local binding, wait = 0, 0
 for i = 1, n do
   local l = limits[i]
-  local key = KEYS[1 + i]
-  l.field = string.format('%d', math.floor(now / l.bucket))
-  local meta = redis.call('HMGET', key, '_sum', '_low', l.field)
+  local meta = redis.call('HMGET', KEYS[i], '_sum', '_low', l.field)
   local sum, low = tonumber(meta[1]), tonumber(meta[2])
   l.current = tonumber(meta[3]) or 0  -- the current bucket never expires, even in a recount
-  local live = nil
+  l.was = l.current
   if sum and (low == nil or (low + 1) * l.bucket > now - l.window) then
-    l.total, l.low, l.expired = sum, low, {}
+    l.total, l.low = sum, low
   else
-    local expired
-    live, expired, l.total, l.low = buckets(l, key)
-    l.expired, l.recount = expired, true
-  end
-  local excess = l.total + l.cost - l.limit
-  if excess > 0 then
-    if not live then
-      live = buckets(l, key)
-    end
-    table.sort(live, function(a, b) return a[1] < b[1] end)
-    local freed, at = 0, nil
-    for _, b in ipairs(live) do
-      freed = freed + b[2]
-      if freed >= excess then
-        at = (b[1] + 1) * l.bucket + l.window
-        break
-      end
-    end
-    local ms = at and (at - now) or l.window
-    if binding == 0 or ms > wait then
-      binding, wait = i, ms
-    end
+    l.older, l.expired, l.total, l.low = buckets(l, KEYS[i])
+    l.recount = true
   end
 end
 
-local status = 1
-if binding ~= 0 then
-  status = (mode == 'shadow') and 4 or 0
-  if status == 0 then
-    denied(binding)
+-- When `excess` more of limit l will have left the window: its buckets, oldest first.
+local function retry_ms(l, excess)
+  if not l.older then
+    l.older = buckets(l, KEYS[l.at])
+  end
+  local live = {{l.index, l.current}}
+  for _, b in ipairs(l.older) do live[#live + 1] = b end
+  table.sort(live, function(a, b) return a[1] < b[1] end)
+  local freed = 0
+  for _, b in ipairs(live) do
+    freed = freed + b[2]
+    if freed >= excess then
+      return (b[1] + 1) * l.bucket + l.window - now
+    end
+  end
+  return l.window
+end
+for i = 1, n do limits[i].at = i end
+
+local reply = {now}
+local consumed = false
+local held = {}  -- reservation key -> token stored under it (false: none), as this call goes
+local writes = {}  -- {key, record} of each reservation admitted
+for j = 1, m do
+  local q = requests[j]
+  local status, binding, wait, stored = 1, 0, 0, ''
+  for i = 1, n do
+    if q.costs[i] > limits[i].limit then  -- too large ever to be admitted
+      status, binding, wait = 3, i, -1
+      break
+    end
+  end
+  if status == 1 then
+    for i = 1, n do
+      local l = limits[i]
+      local excess = l.total + q.costs[i] - l.limit
+      if excess > 0 then
+        local ms = retry_ms(l, excess)
+        if binding == 0 or ms > wait then
+          binding, wait = i, ms
+        end
+      end
+    end
+    if binding ~= 0 then
+      status = (mode == 'shadow') and 4 or 0
+    end
+  end
+  if mode ~= 'peek' then
+    -- Idempotent: a retried acquire of the same reservation consumes nothing again. Only reads
+    -- here (a key of the wrong type fails the call before anything is written); the
+    -- reservations are written with the windows, at the end.
+    local prior = held[q.key]
+    if prior == nil and not q.fresh then
+      local value = redis.call('GET', q.key)
+      prior = value and (string.match(value, '^(%S+)') or '') or false
+      held[q.key] = prior
+    end
+    if prior then
+      status, binding, wait, stored = 2, 0, 0, prior
+    elseif status == 1 or status == 4 then
+      consumed = true
+      local parts = {q.token, ' ', string.format('%d', now)}
+      for i = 1, n do
+        local l, cost = limits[i], q.costs[i]
+        parts[#parts + 1] = l.charge .. string.format('%d', cost) .. l.tail
+        l.total, l.current, l.added = l.total + cost, l.current + cost, l.added + cost
+      end
+      writes[#writes + 1] = {q.key, table.concat(parts)}
+      held[q.key] = q.token  -- the same id again in this call is a repeat of this one
+    elseif binding ~= 0 then
+      limits[binding].denied = limits[binding].denied + 1  -- the limit that refused it
+    end
+  end
+  reply[#reply + 1] = status
+  reply[#reply + 1] = binding
+  reply[#reply + 1] = wait
+  reply[#reply + 1] = stored
+  for i = 1, n do
+    local left = limits[i].limit - limits[i].total  -- the total includes the cost once consumed
+    reply[#reply + 1] = (status == 2 or status == 3) and -1 or (left > 0 and left or 0)
   end
 end
-if mode ~= 'peek' and status ~= 0 then
-  local record = {'n', n, 'at', now, 'tok', token}
-  for i = 1, n do
-    local l = limits[i]
-    local key = KEYS[1 + i]
-    if #l.expired > 0 then
+
+for _, w in ipairs(writes) do
+  redis.call('SET', w[1], w[2], 'PX', ttl)
+end
+for i = 1, n do
+  local l = limits[i]
+  local key = KEYS[i]
+  if consumed then
+    if l.expired and #l.expired > 0 then
       redis.call('HDEL', key, unpack(l.expired))
     end
-    local field = l.field
     -- One write for the bucket and the bookkeeping: every value here is below 2^53 (limits
-    -- are at most 10^12), so Lua's arithmetic on them is exact.
-    local writes = {}
-    if l.cost > 0 then
-      writes = {field, string.format('%d', l.current + l.cost), '_sum', string.format('%d', l.total + l.cost)}
+    -- are at most 2^53 - 1 and so are the totals admitted under them), so Lua is exact.
+    local fields = {}
+    if l.added > 0 then
+      fields = {l.field, string.format('%d', l.current), '_sum', string.format('%d', l.total)}
     elseif l.recount then
-      writes = {'_sum', string.format('%d', l.total)}
+      fields = {'_sum', string.format('%d', l.total)}
     end
-    if l.recount or (l.cost > 0 and l.low == nil) then
-      writes[#writes + 1] = '_low'
-      writes[#writes + 1] = l.low and string.format('%d', l.low) or field
+    if l.recount or (l.added > 0 and l.low == nil) then
+      fields[#fields + 1] = '_low'
+      fields[#fields + 1] = l.low and string.format('%d', l.low) or l.field
     end
-    if #writes > 0 then
-      redis.call('HSET', key, unpack(writes))
+    if #fields > 0 then
+      redis.call('HSET', key, unpack(fields))
     end
     -- The TTL follows the newest bucket: a hash outlives its last bucket's window. A bucket
     -- that already held something set it when it was made (at most a bucket ago), so only a
     -- new bucket or a recount needs it set again: about once per bucket width, not per call.
-    if l.current == 0 or l.recount then
+    if (l.was == 0 and l.added > 0) or l.recount then
       redis.call('PEXPIRE', key, l.window + l.bucket)
     end
-    l.total = l.total + l.cost
-    -- what settle needs: limit name, bucket, amount, window and bucket width
-    record[#record + 1] = 'l' .. i
-    record[#record + 1] = l.name .. ' ' .. field .. ' ' .. string.format('%d %d %d', l.cost, l.window, l.bucket)
   end
-  redis.call('HSET', KEYS[1], unpack(record))
-  redis.call('PEXPIRE', KEYS[1], ttl)
-end
-
-local reply = {status, now, binding, wait, ''}
-for i = 1, n do
-  local left = limits[i].limit - limits[i].total  -- total includes the cost once consumed
-  reply[#reply + 1] = left > 0 and left or 0
+  if l.denied > 0 then
+    redis.call('HINCRBY', KEYS[n + 1], l.name, l.denied)
+  end
 end
 return reply

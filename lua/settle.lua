@@ -1,13 +1,13 @@
 -- settle.lua: replace a reservation's estimate with what the request really used, once.
 --
--- The reservation (written by acquire.lua) names, for each limit it charged (field l<i>:
--- "name bucket amount window_ms bucket_ms"), the bucket and the amount. Settling moves each
+-- The reservation (a string written by acquire.lua: "token at|name bucket amount window_ms
+-- bucket_ms|...") names, for each limit it charged, the bucket and the amount. Settling moves each
 -- amount to its real value in that same bucket (a refund or an extra charge), and the
 -- window's `_sum` with it; releasing moves every amount to 0. A settle may also add the
 -- request's usage to the model's ledger (lib/ledger.lua) in the same call. The reservation is
 -- then deleted, so a second settle or release of it (a client retry) changes nothing.
 --
--- KEYS[1]   the reservation (hash)
+-- KEYS[1]   the reservation (string)
 -- KEYS[1+i] the window hash of limit i (i = 1..n), every limit the reservation may name
 -- ARGV[1]   now in ms, or "" to use the server's TIME (the testing clock hook)
 -- ARGV[2]   n
@@ -66,12 +66,13 @@ for i = 1, n do
   by_name[name] = {KEYS[1 + i], amount}
 end
 
-local record = redis.call('HGETALL', KEYS[1])
-local fields = {}
-for j = 1, #record, 2 do
-  fields[record[j]] = record[j + 1]
+-- Anything but a record in acquire's form (a key of another type, say) is no reservation.
+local found, record = pcall(redis.call, 'GET', KEYS[1])
+local token, charges = nil, nil
+if found and record then
+  token, charges = string.match(record, '^(%S+) %d+(.*)$')
 end
-if #record == 0 or fields['tok'] ~= ARGV[3] then
+if not token or token ~= ARGV[3] or string.gsub(charges, '|%S+ %d+ %d+ %d+ %d+', '') ~= '' then
   return {0, now}
 end
 if usage then
@@ -83,10 +84,8 @@ if usage then
   end
   note_usage(KEYS[2 + n], cap, ARGV[8 + 2 * n], tenant, KEYS[11 + n], usage)
 end
-local charged = tonumber(fields['n']) or 0
-for i = 1, charged do
-  local name, b, c, w, z = string.match(fields['l' .. i] or '', '^(%S+) (%d+) (%d+) (%d+) (%d+)$')
-  local target = by_name[name or '']
+for name, b, c, w, z in string.gmatch(charges, '|(%S+) (%d+) (%d+) (%d+) (%d+)') do
+  local target = by_name[name]
   local bucket, cost, window, size = tonumber(b), tonumber(c), tonumber(w), tonumber(z)
   -- A limit the caller no longer passes, or a bucket that has left its window: nothing to move.
   if target and (bucket + 1) * size > now - window then

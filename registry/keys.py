@@ -12,8 +12,8 @@ Admission keys, one hash tag per model (its tenants' limits share it)::
 
     {registry:adm:<provider>:<id>}:w:<limit>              hash  sliding-window buckets
     {registry:adm:<provider>:<id>}:t:<tenant>:w:<limit>   hash  a tenant's buckets on the model
-    {registry:adm:<provider>:<id>}:r:<reservation id>     hash  what an admitted request holds
-    {registry:adm:<provider>:<id>}:t:<tenant>:r:<id>      hash  the same, for a tenant's request
+    {registry:adm:<provider>:<id>}:r:<reservation id>     string what an admitted request holds
+    {registry:adm:<provider>:<id>}:t:<tenant>:r:<id>      string the same, for a tenant's request
     {registry:adm:<provider>:<id>}[:t:<tenant>]:l:total   hash  ledger counters, all time
     {registry:adm:<provider>:<id>}[:t:<tenant>]:l:m:<n>   hash  ... of UTC minute n (also h:, d:)
     {registry:adm:<provider>:<id>}:l:id:<request id>      string a recorded request id (24 h)

@@ -1,7 +1,8 @@
 """lua/acquire.lua and lua/settle.lua called directly: KEYS, ARGV, replies and what they write.
 
 A refusal, a peek, a repeat, a settle under the wrong token and every bad argument must write
-nothing: each such test compares a full dump of Redis (contents and TTLs) before and after.
+nothing (a refusal of an acquire: nothing but its count in the model's denial counters): each
+such test compares a full dump of Redis (contents and TTLs) before and after.
 """
 
 from __future__ import annotations
@@ -18,37 +19,67 @@ SEC = NOW // 1_000
 QUARTER = NOW // 900_000
 TTL = 3_600_000
 MAX = 2**53 - 1
-RES = "{adm:m}:r:one"
+RES = "{adm:m}:r:one"  # a caller-given id (not named after the token): looked up
 TOKEN = "tok-one"  # the token every acquire below passes unless it says otherwise
 HELD, HELD_TOKEN = "{adm:m}:r:held", "tok-held"  # the reservation seed() writes
 RPM, TPM, RPD = "{adm:m}:w:rpm", "{adm:m}:w:tpm", "{adm:m}:w:rpd"
+DENIED = "{adm:m}:l:denied"  # the model's denial counters: every acquire passes them
+
+Limit = tuple[str, str, int, int, int, int]  # window key, name, limit, window_ms, bucket_ms, cost
+Request = tuple[str, str, list[int]]  # reservation key, token, its cost on each limit
 
 
-def rpm(cost: int = 1, limit: int = 5) -> tuple[str, str, int, int, int, int]:
+def rpm(cost: int = 1, limit: int = 5) -> Limit:
     return (RPM, "requests_per_minute", limit, 60_000, 1_000, cost)
 
 
-def tpm(cost: int, limit: int = 2_000) -> tuple[str, str, int, int, int, int]:
+def tpm(cost: int, limit: int = 2_000) -> Limit:
     return (TPM, "tokens_per_minute", limit, 60_000, 1_000, cost)
 
 
-def rpd(cost: int = 1, limit: int = 20) -> tuple[str, str, int, int, int, int]:
+def rpd(cost: int = 1, limit: int = 20) -> Limit:
     return (RPD, "requests_per_day", limit, 86_400_000, 900_000, cost)
+
+
+def acquire_many(
+    r: redis.Redis,
+    limits: list[Limit],
+    requests: list[Request],
+    now: int | str = NOW,
+    mode: str = "acquire",
+    ttl: int | str = TTL,
+) -> list[Any]:
+    """Several requests in one call, taken in order: ``[now, then for each request status,
+    binding, retry_after_ms, token, remaining_1..n]``. Each request gives its own costs (the
+    ``limits``' costs are not sent)."""
+    args: list[Any] = [now, mode, ttl, len(limits), len(requests)]
+    for _key, *spec, _cost in limits:
+        args += spec
+    for _res, token, costs in requests:
+        args += [token, *costs]
+    keys = [*(lim[0] for lim in limits), DENIED, *(q[0] for q in requests)]
+    return r.eval(scripts.load("acquire").source, len(keys), *keys, *args)
 
 
 def acquire(
     r: redis.Redis,
-    limits: list[tuple[str, str, int, int, int, int]],
+    limits: list[Limit],
     now: int | str = NOW,
     mode: str = "acquire",
     ttl: int | str = TTL,
     res: str = RES,
     token: str = TOKEN,
 ) -> list[Any]:
-    args: list[Any] = [now, mode, ttl, len(limits), token]
-    for _key, *spec in limits:
-        args += spec
-    return r.eval(scripts.load("acquire").source, 1 + len(limits), res, *(lim[0] for lim in limits), *args)
+    """One request at the ``limits``' costs: ``[now, status, binding, retry_after_ms, token,
+    remaining_1..n]``."""
+    return acquire_many(r, limits, [(res, token, [lim[5] for lim in limits])], now, mode, ttl)
+
+
+def replies(reply: list[Any], n: int) -> list[list[Any]]:
+    """A call's reply cut into each request's, each as if sent alone (``[now, status, ...]``)."""
+    size = 4 + n
+    assert (len(reply) - 1) % size == 0, reply
+    return [[reply[0], *reply[k : k + size]] for k in range(1, len(reply), size)]
 
 
 def settle(
@@ -61,8 +92,13 @@ def settle(
 
 
 def charge(name: str, index: int, cost: int, window: int, bucket: int) -> str:
-    """A reservation's ``l<i>`` field: what settle needs to move one limit's amount."""
-    return f"{name} {index} {cost} {window} {bucket}"
+    """One limit's part of a reservation: what settle needs to move that limit's amount."""
+    return f"|{name} {index} {cost} {window} {bucket}"
+
+
+def record(token: str, at: int, *charges: str) -> str:
+    """A reservation as acquire writes it: its token, when, then one charge per limit in order."""
+    return f"{token} {at}" + "".join(charges)
 
 
 def buckets(r: redis.Redis, key: str) -> dict[str, str]:
@@ -96,20 +132,28 @@ def dump(r: redis.Redis) -> dict[str, tuple[str, Any, int]]:
     return out
 
 
+def plus_denials(before: dict[str, tuple[str, Any, int]], **refusals: int) -> dict[str, tuple[str, Any, int]]:
+    """A dump as ``before`` with the denial counters up by ``refusals`` (limit name -> count): all
+    that refusals may write. The counters are kept for all time (no TTL)."""
+    counts = dict(before[DENIED][1]) if DENIED in before else {}
+    for name, count in refusals.items():
+        counts[name] = str(int(counts.get(name, 0)) + count)
+    return {**before, DENIED: ("hash", counts, -1)}
+
+
 def seed(r: redis.Redis) -> None:
     """Some window state and a held reservation, with TTLs no script sets (to see a refresh)."""
     r.hset(RPM, mapping={str(SEC - 1): 2, str(SEC - 61): 1, "_sum": 3, "_low": SEC - 61})
     r.hset(TPM, mapping={str(SEC - 1): 900, "_sum": 900, "_low": SEC - 1})
-    record = {
-        "n": 1,
-        "at": NOW - 1_000,
-        "tok": HELD_TOKEN,
-        "l1": charge("requests_per_minute", SEC - 1, 1, 60_000, 1_000),
-    }
-    r.hset(HELD, mapping=record)
+    r.set(HELD, record(HELD_TOKEN, NOW - 1_000, charge("requests_per_minute", SEC - 1, 1, 60_000, 1_000)))
     for key in (RPM, TPM, HELD):
         r.pexpire(key, 5_000_000)
     r.set("unrelated", "x")
+
+
+def calls(r: redis.Redis, command: str) -> int:
+    """How often the server has run ``command`` (scripts' calls included): INFO commandstats."""
+    return int(r.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
 # -- acquire ---------------------------------------------------------------------------------------
@@ -117,26 +161,32 @@ def seed(r: redis.Redis) -> None:
 
 def test_admitted_reply_reservation_and_ttls(r: redis.Redis) -> None:
     reply = acquire(r, [rpm(), tpm(300), rpd()])
-    assert reply == [1, NOW, 0, 0, "", 4, 1_700, 19]
-    assert r.hgetall(RES) == {
-        "n": "3",
-        "at": str(NOW),
-        "tok": TOKEN,
-        "l1": charge("requests_per_minute", SEC, 1, 60_000, 1_000),
-        "l2": charge("tokens_per_minute", SEC, 300, 60_000, 1_000),
-        "l3": charge("requests_per_day", QUARTER, 1, 86_400_000, 900_000),
-    }
+    assert reply == [NOW, 1, 0, 0, "", 4, 1_700, 19]
+    assert r.get(RES) == record(
+        TOKEN,
+        NOW,
+        charge("requests_per_minute", SEC, 1, 60_000, 1_000),
+        charge("tokens_per_minute", SEC, 300, 60_000, 1_000),
+        charge("requests_per_day", QUARTER, 1, 86_400_000, 900_000),
+    )
     assert r.hgetall(RPM) == {str(SEC): "1", "_sum": "1", "_low": str(SEC)}
     assert r.hgetall(TPM) == {str(SEC): "300", "_sum": "300", "_low": str(SEC)}
     assert r.hgetall(RPD) == {str(QUARTER): "1", "_sum": "1", "_low": str(QUARTER)}
+    assert r.exists(DENIED) == 0  # nothing refused
     assert 60_000 < r.pttl(RPM) <= 61_000
     assert 60_000 < r.pttl(TPM) <= 61_000
     assert 87_200_000 < r.pttl(RPD) <= 87_300_000
     assert TTL - 1_000 < r.pttl(RES) <= TTL
     # A second request a little later: the same bucket adds up, the next second starts one.
     second = acquire(r, [rpm(), tpm(200), rpd()], now=NOW + 100, res="{adm:m}:r:two", token="t2")
-    assert second == [1, NOW + 100, 0, 0, "", 3, 1_500, 18]
-    assert r.hget("{adm:m}:r:two", "tok") == "t2"
+    assert second == [NOW + 100, 1, 0, 0, "", 3, 1_500, 18]
+    assert r.get("{adm:m}:r:two") == record(
+        "t2",
+        NOW + 100,
+        charge("requests_per_minute", SEC, 1, 60_000, 1_000),
+        charge("tokens_per_minute", SEC, 200, 60_000, 1_000),
+        charge("requests_per_day", QUARTER, 1, 86_400_000, 900_000),
+    )
     third = acquire(r, [rpm(), tpm(50), rpd()], now=NOW + 600, res="{adm:m}:r:three", token="t3")
     assert third[4:] == ["", 2, 1_450, 17]
     assert r.hgetall(TPM) == {str(SEC): "500", str(SEC + 1): "50", "_sum": "550", "_low": str(SEC)}
@@ -149,60 +199,80 @@ def test_the_reservation_ttl_is_the_argument(r: redis.Redis) -> None:
     # The bounds: 1 ms, and 30 days.
     acquire(r, [rpm()], ttl=2_592_000_000, res="{adm:m}:r:month")
     assert 2_591_990_000 < r.pttl("{adm:m}:r:month") <= 2_592_000_000
-    assert acquire(r, [rpm()], ttl=1, res="{adm:m}:r:brief")[0] == 1
+    assert acquire(r, [rpm()], ttl=1, res="{adm:m}:r:brief")[1] == 1
 
 
 def test_tokens_and_limit_counts_at_their_bounds(r: redis.Redis) -> None:
     """A token of 64 characters, 64 limits, and numbers up to 2^53 - 1 are accepted."""
     token = "t" * 64
     acquire(r, [rpm()], token=token)
-    assert r.hget(RES, "tok") == token
+    assert r.get(RES) == record(token, NOW, charge("requests_per_minute", SEC, 1, 60_000, 1_000))
     many = [(f"{{adm:m}}:w:k{i}", f"k{i}", 5, 60_000, 1_000, 1) for i in range(64)]
     reply = acquire(r, many, res="{adm:m}:r:many")
-    assert reply == [1, NOW, 0, 0, "", *[4] * 64]
-    assert r.hget("{adm:m}:r:many", "l64") == charge("k63", SEC, 1, 60_000, 1_000)
+    assert reply == [NOW, 1, 0, 0, "", *[4] * 64]
+    # One charge per limit, in the limits' order.
+    assert r.get("{adm:m}:r:many") == record(TOKEN, NOW, *(charge(f"k{i}", SEC, 1, 60_000, 1_000) for i in range(64)))
     huge = ("{adm:m}:w:huge", "huge", MAX, MAX - MAX % 1_000, 1_000, MAX)
-    assert acquire(r, [huge], mode="peek") == [1, NOW, 0, 0, "", MAX]  # a peek takes no cost off
+    assert acquire(r, [huge], mode="peek") == [NOW, 1, 0, 0, "", MAX]  # a peek takes no cost off
     end = ("{adm:m}:w:end", "end", 5, 60_000, 1_000, 1)
-    assert acquire(r, [end], now=MAX, res="{adm:m}:r:end") == [1, MAX, 0, 0, "", 4]
+    assert acquire(r, [end], now=MAX, res="{adm:m}:r:end") == [MAX, 1, 0, 0, "", 4]
     assert r.hgetall("{adm:m}:w:end") == {str(MAX // 1_000): "1", "_sum": "1", "_low": str(MAX // 1_000)}
 
 
 def test_a_zero_cost_charges_no_bucket_but_is_recorded(r: redis.Redis) -> None:
-    assert acquire(r, [rpm(), tpm(0)]) == [1, NOW, 0, 0, "", 4, 2_000]
+    assert acquire(r, [rpm(), tpm(0)]) == [NOW, 1, 0, 0, "", 4, 2_000]
     assert buckets(r, TPM) == {}
     assert r.hget(TPM, "_sum") == "0"
     check_bookkeeping(r, TPM)
-    assert r.hget(RES, "l2") == charge("tokens_per_minute", SEC, 0, 60_000, 1_000)
+    assert r.get(RES) == record(
+        TOKEN,
+        NOW,
+        charge("requests_per_minute", SEC, 1, 60_000, 1_000),
+        charge("tokens_per_minute", SEC, 0, 60_000, 1_000),
+    )
 
 
 def test_no_limits_admits_and_records(r: redis.Redis) -> None:
-    assert acquire(r, []) == [1, NOW, 0, 0, ""]
-    assert r.hgetall(RES) == {"n": "0", "at": str(NOW), "tok": TOKEN}
+    assert acquire(r, []) == [NOW, 1, 0, 0, ""]
+    assert r.get(RES) == record(TOKEN, NOW) == f"{TOKEN} {NOW}"
 
 
 def test_an_empty_now_reads_the_server_time(r: redis.Redis) -> None:
     seconds, micros = r.time()
     reply = acquire(r, [rpm()], now="")
     server_ms = seconds * 1_000 + micros // 1_000
-    assert server_ms <= reply[1] < server_ms + 5_000
-    assert buckets(r, RPM) == {str(reply[1] // 1_000): "1"}
+    assert server_ms <= reply[0] < server_ms + 5_000
+    assert buckets(r, RPM) == {str(reply[0] // 1_000): "1"}
     check_bookkeeping(r, RPM)
-    assert r.hget(RES, "at") == str(reply[1])
+    assert r.get(RES) == record(TOKEN, reply[0], charge("requests_per_minute", reply[0] // 1_000, 1, 60_000, 1_000))
 
 
-def test_a_refusal_writes_nothing_and_says_when_to_retry(r: redis.Redis) -> None:
+def test_a_reservation_named_after_its_own_token_is_not_looked_up(r: redis.Redis) -> None:
+    """Without a caller-given id the reservation is named after the call's token, new for each
+    call: it cannot exist yet, so acquire writes it without reading it first. The proof: a
+    record already under that name (which a real call never meets) is not seen."""
+    own = f"{{adm:m}}:r:{TOKEN}"
+    assert acquire(r, [rpm()], res=own) == [NOW, 1, 0, 0, "", 4]
+    assert acquire(r, [rpm()], now=NOW + 5, res=own) == [NOW + 5, 1, 0, 0, "", 3]  # not status 2
+    assert r.get(own) == record(TOKEN, NOW + 5, charge("requests_per_minute", SEC, 1, 60_000, 1_000))
+    assert buckets(r, RPM) == {str(SEC): "2"}
+    # Any other name is a caller-given id, looked up: a name that merely ends in the token too.
+    assert acquire(r, [rpm()], res=f"{{adm:m}}:r:x{TOKEN}")[1] == 1
+    assert acquire(r, [rpm()], res=f"{{adm:m}}:r:x{TOKEN}", token="again")[1:6] == [2, 0, 0, TOKEN, -1]
+
+
+def test_a_refusal_writes_nothing_but_its_denial_and_says_when_to_retry(r: redis.Redis) -> None:
     for i in range(5):
         acquire(r, [rpm(), tpm(100)], res=f"{{adm:m}}:r:{i}")
     before = dump(r)
     # Every request of the minute sits in second SEC, which leaves the window at (SEC+1) s + 60 s.
     wait = (SEC + 1) * 1_000 + 60_000 - NOW
-    assert acquire(r, [rpm(), tpm(100)]) == [0, NOW, 1, wait, "", 0, 1_500]
-    assert dump(r) == before
+    assert acquire(r, [rpm(), tpm(100)]) == [NOW, 0, 1, wait, "", 0, 1_500]
+    assert dump(r) == plus_denials(before, requests_per_minute=1)  # counted against the binding limit
     # Not a ms early: 1 ms before the bucket leaves it is still refused, then admitted.
-    assert acquire(r, [rpm(), tpm(100)], now=NOW + wait - 1) == [0, NOW + wait - 1, 1, 1, "", 0, 1_500]
-    assert dump(r) == before
-    assert acquire(r, [rpm(), tpm(100)], now=NOW + wait) == [1, NOW + wait, 0, 0, "", 4, 1_900]
+    assert acquire(r, [rpm(), tpm(100)], now=NOW + wait - 1) == [NOW + wait - 1, 0, 1, 1, "", 0, 1_500]
+    assert dump(r) == plus_denials(before, requests_per_minute=2)
+    assert acquire(r, [rpm(), tpm(100)], now=NOW + wait) == [NOW + wait, 1, 0, 0, "", 4, 1_900]
     # That admission recounted: the old bucket is gone and the bookkeeping starts again.
     assert r.hgetall(RPM) == {str(SEC + 61): "1", "_sum": "1", "_low": str(SEC + 61)}
 
@@ -213,9 +283,9 @@ def test_retry_after_waits_for_enough_buckets_to_leave(r: redis.Redis) -> None:
     acquire(r, [tpm(100, 1_000)], now=NOW + 5_000, res="{adm:m}:r:c")  # second SEC + 5
     later = NOW + 6_000
     # 900 held: 500 more needs the first bucket gone, 700 more the first two.
-    assert acquire(r, [tpm(500, 1_000)], now=later) == [0, later, 1, (SEC + 1) * 1_000 + 60_000 - later, "", 100]
-    assert acquire(r, [tpm(700, 1_000)], now=later) == [0, later, 1, (SEC + 3) * 1_000 + 60_000 - later, "", 100]
-    assert acquire(r, [tpm(100, 1_000)], now=later)[:5] == [1, later, 0, 0, ""]
+    assert acquire(r, [tpm(500, 1_000)], now=later) == [later, 0, 1, (SEC + 1) * 1_000 + 60_000 - later, "", 100]
+    assert acquire(r, [tpm(700, 1_000)], now=later) == [later, 0, 1, (SEC + 3) * 1_000 + 60_000 - later, "", 100]
+    assert acquire(r, [tpm(100, 1_000)], now=later)[:5] == [later, 1, 0, 0, ""]
 
 
 def test_binding_is_the_limit_refusing_longest_first_on_ties(r: redis.Redis) -> None:
@@ -223,10 +293,12 @@ def test_binding_is_the_limit_refusing_longest_first_on_ties(r: redis.Redis) -> 
     later = NOW + 10_000
     minute_wait = (SEC + 1) * 1_000 + 60_000 - later
     day_wait = (QUARTER + 1) * 900_000 + 86_400_000 - later
-    assert acquire(r, [rpm(limit=1), tpm(10, 10), rpd(limit=1)], now=later) == [0, later, 3, day_wait, "", 0, 0, 0]
-    assert acquire(r, [rpm(limit=1), tpm(10, 10)], now=later) == [0, later, 1, minute_wait, "", 0, 0]
-    assert acquire(r, [tpm(10, 10), rpm(limit=1)], now=later) == [0, later, 1, minute_wait, "", 0, 0]
-    assert acquire(r, [tpm(0, 10), rpm(limit=2)], now=later) == [1, later, 0, 0, "", 0, 0]
+    assert acquire(r, [rpm(limit=1), tpm(10, 10), rpd(limit=1)], now=later) == [later, 0, 3, day_wait, "", 0, 0, 0]
+    assert acquire(r, [rpm(limit=1), tpm(10, 10)], now=later) == [later, 0, 1, minute_wait, "", 0, 0]
+    assert acquire(r, [tpm(10, 10), rpm(limit=1)], now=later) == [later, 0, 1, minute_wait, "", 0, 0]
+    assert acquire(r, [tpm(0, 10), rpm(limit=2)], now=later) == [later, 1, 0, 0, "", 0, 0]
+    # Each refusal counted once, against its binding limit only.
+    assert r.hgetall(DENIED) == {"requests_per_day": "1", "requests_per_minute": "1", "tokens_per_minute": "1"}
 
 
 def test_expired_buckets_stop_counting_and_are_deleted_only_on_admission(r: redis.Redis) -> None:
@@ -236,14 +308,14 @@ def test_expired_buckets_stop_counting_and_are_deleted_only_on_admission(r: redi
     r.hset(RPM, mapping={str(SEC - 62): 4, str(SEC - 61): 4, str(SEC - 60): 2})
     before = dump(r)
     assert acquire(r, [rpm()], mode="peek")[5:] == [3]
-    assert acquire(r, [rpm(limit=2)]) == [0, NOW, 1, (SEC - 59) * 1_000 + 60_000 - NOW, "", 0]
-    assert dump(r) == before  # a refusal keeps even the expired buckets
-    assert acquire(r, [rpm()]) == [1, NOW, 0, 0, "", 2]
+    assert acquire(r, [rpm(limit=2)]) == [NOW, 0, 1, (SEC - 59) * 1_000 + 60_000 - NOW, "", 0]
+    assert dump(r) == plus_denials(before, requests_per_minute=1)  # a refusal keeps even the expired buckets
+    assert acquire(r, [rpm()]) == [NOW, 1, 0, 0, "", 2]
     assert r.hgetall(RPM) == {str(SEC - 60): "2", str(SEC): "1", "_sum": "3", "_low": str(SEC - 60)}
     # The exact edge: at now = (SEC - 59) s + 60 s = (SEC + 1) s, bucket SEC - 60 has just left.
     edge = (SEC - 59) * 1_000 + 60_000
     assert acquire(r, [rpm(limit=3)], now=edge - 1, mode="peek")[5:] == [0]
-    assert acquire(r, [rpm(limit=3)], now=edge, res="{adm:m}:r:edge") == [1, edge, 0, 0, "", 1]
+    assert acquire(r, [rpm(limit=3)], now=edge, res="{adm:m}:r:edge") == [edge, 1, 0, 0, "", 1]
     assert r.hgetall(RPM) == {str(SEC): "1", str(SEC + 1): "1", "_sum": "2", "_low": str(SEC)}
 
 
@@ -258,83 +330,58 @@ def test_the_window_total_is_read_from_sum_while_low_is_in_the_window(r: redis.R
     assert acquire(r, [rpm()], now=leaves, mode="peek")[5:] == [5]
     # A recount on admission drops the expired buckets and writes the bookkeeping afresh.
     r.hset(RPM, mapping={str(SEC + 30): 2, "_low": SEC - 100})
-    assert acquire(r, [rpm()], now=leaves, res="{adm:m}:r:b") == [1, leaves, 0, 0, "", 2]
+    assert acquire(r, [rpm()], now=leaves, res="{adm:m}:r:b") == [leaves, 1, 0, 0, "", 2]
     assert r.hgetall(RPM) == {str(SEC + 30): "2", str(SEC + 61): "1", "_sum": "3", "_low": str(SEC + 30)}
     # Then the fast path again: adds the cost to _sum and keeps _low.
-    assert acquire(r, [rpm()], now=leaves + 5_000, res="{adm:m}:r:c") == [1, leaves + 5_000, 0, 0, "", 1]
+    assert acquire(r, [rpm()], now=leaves + 5_000, res="{adm:m}:r:c") == [leaves + 5_000, 1, 0, 0, "", 1]
     assert r.hgetall(RPM) == {
         **{str(SEC + 30): "2", str(SEC + 61): "1", str(SEC + 66): "1"},
         **{"_sum": "4", "_low": str(SEC + 30)},
     }
 
 
-def test_bookkeeping_follows_the_buckets_through_acquires_and_settles(r: redis.Redis) -> None:
-    """``_sum`` is always the buckets' total and ``_low`` at or below the oldest, over a run that
-    recounts, refunds, empties the oldest bucket and charges a zero estimate."""
-    acquire(r, [tpm(100)], now=NOW, res="{adm:m}:r:a", token="a")
-    acquire(r, [tpm(0)], now=NOW + 1_000, res="{adm:m}:r:b", token="b")  # bucket SEC + 1, none made
-    acquire(r, [tpm(30)], now=NOW + 2_000, res="{adm:m}:r:c", token="c")
-    assert r.hgetall(TPM) == {str(SEC): "100", str(SEC + 2): "30", "_sum": "130", "_low": str(SEC)}
-    # a refunds 60: the bucket and _sum move together.
-    assert settle(r, [(TPM, "tokens_per_minute", 40)], res="{adm:m}:r:a", token="a")[0] == 1
-    assert r.hgetall(TPM) == {str(SEC): "40", str(SEC + 2): "30", "_sum": "70", "_low": str(SEC)}
-    check_bookkeeping(r, TPM)
-    # Bucket SEC leaves: the next admission recounts, _low moves up to the oldest live bucket.
-    later = (SEC + 1) * 1_000 + 60_000
-    acquire(r, [tpm(5)], now=later, res="{adm:m}:r:d", token="d")
-    assert r.hgetall(TPM) == {str(SEC + 2): "30", str(SEC + 61): "5", "_sum": "35", "_low": str(SEC + 2)}
-    # Releasing c empties what is now the oldest bucket: _low may stay below the buckets (the
-    # next admission just recounts sooner), never above them.
-    assert settle(r, [(TPM, "tokens_per_minute", 0)], now=later, res="{adm:m}:r:c", token="c")[0] == 1
-    assert buckets(r, TPM) == {str(SEC + 61): "5"}
-    check_bookkeeping(r, TPM)
-    # b's estimate was 0, so its bucket (SEC + 1, still live) was never made and is older than
-    # every bucket: settling it makes the bucket and lowers _low to it.
-    assert settle(r, [(TPM, "tokens_per_minute", 7)], now=later, res="{adm:m}:r:b", token="b")[0] == 1
-    assert r.hgetall(TPM) == {str(SEC + 1): "7", str(SEC + 61): "5", "_sum": "12", "_low": str(SEC + 1)}
-    # So it counts until it leaves, and no longer after.
-    assert acquire(r, [tpm(0)], now=later, mode="peek")[5:] == [2_000 - 12]
-    gone = (SEC + 2) * 1_000 + 60_000
-    assert acquire(r, [tpm(0)], now=gone - 1, mode="peek")[5:] == [2_000 - 12]
-    assert acquire(r, [tpm(0)], now=gone, mode="peek")[5:] == [2_000 - 5]
-    # The next admission recounts: exact again.
-    acquire(r, [tpm(1)], now=gone, res="{adm:m}:r:e", token="e")
-    assert r.hgetall(TPM) == {str(SEC + 61): "5", str(SEC + 62): "1", "_sum": "6", "_low": str(SEC + 61)}
-
-
 def test_peek_writes_nothing(r: redis.Redis) -> None:
     seed(r)
     before = dump(r)
     # What is left now (the cost is not taken off): 5 - 2 live; 2000 - 900.
-    assert acquire(r, [rpm(), tpm(1_100)], mode="peek") == [1, NOW, 0, 0, "", 3, 1_100]
-    assert acquire(r, [rpm(), tpm(1_101)], mode="peek") == [0, NOW, 2, (SEC) * 1_000 + 60_000 - NOW, "", 3, 1_100]
+    assert acquire(r, [rpm(), tpm(1_100)], mode="peek") == [NOW, 1, 0, 0, "", 3, 1_100]
+    # Nor is a refusal counted.
+    assert acquire(r, [rpm(), tpm(1_101)], mode="peek") == [NOW, 0, 2, (SEC) * 1_000 + 60_000 - NOW, "", 3, 1_100]
+    assert acquire(r, [rpm(), tpm(2_001)], mode="peek") == [NOW, 3, 2, -1, "", -1, -1]
     # A peek ignores any reservation of the same key (and says no token).
-    assert acquire(r, [rpm()], mode="peek", res=HELD)[:5] == [1, NOW, 0, 0, ""]
+    assert acquire(r, [rpm()], mode="peek", res=HELD)[:5] == [NOW, 1, 0, 0, ""]
     assert dump(r) == before
 
 
 def test_shadow_admits_and_reports(r: redis.Redis) -> None:
     acquire(r, [rpm(limit=1)], res="{adm:m}:r:a")
     wait = (SEC + 1) * 1_000 + 60_000 - NOW
-    assert acquire(r, [rpm(limit=1), tpm(10)], mode="shadow") == [4, NOW, 1, wait, "", 0, 1_990]
+    assert acquire(r, [rpm(limit=1), tpm(10)], mode="shadow") == [NOW, 4, 1, wait, "", 0, 1_990]
     assert r.hgetall(RPM) == {str(SEC): "2", "_sum": "2", "_low": str(SEC)}
-    assert r.hget(RES, "n") == "2"
-    assert r.hget(RES, "tok") == TOKEN
-    assert acquire(r, [tpm(10)], mode="shadow", res="{adm:m}:r:c") == [1, NOW, 0, 0, "", 1_980]
-    # Too large is still status 3, shadow or not, and writes nothing.
+    assert r.get(RES) == record(
+        TOKEN,
+        NOW,
+        charge("requests_per_minute", SEC, 1, 60_000, 1_000),
+        charge("tokens_per_minute", SEC, 10, 60_000, 1_000),
+    )
+    assert r.exists(DENIED) == 0  # admitted: no refusal to count
+    assert acquire(r, [tpm(10)], mode="shadow", res="{adm:m}:r:c") == [NOW, 1, 0, 0, "", 1_980]
+    # Too large is still status 3, shadow or not: a refusal, counted, and nothing else written.
     before = dump(r)
-    assert acquire(r, [tpm(2_001)], mode="shadow", res="{adm:m}:r:d") == [3, NOW, 1, -1, "", -1]
-    assert dump(r) == before
+    assert acquire(r, [tpm(2_001)], mode="shadow", res="{adm:m}:r:d") == [NOW, 3, 1, -1, "", -1]
+    assert dump(r) == plus_denials(before, tokens_per_minute=1)
 
 
 def test_a_repeated_acquire_consumes_nothing_and_returns_the_held_token(r: redis.Redis) -> None:
-    assert acquire(r, [rpm(), tpm(100)])[0] == 1
+    assert acquire(r, [rpm(), tpm(100)])[1] == 1
     before = dump(r)
     # A retry draws a token of its own; the reply hands back the one the reservation holds.
-    assert acquire(r, [rpm(), tpm(100)], token="retry") == [2, NOW, 0, 0, TOKEN, -1, -1]
-    assert acquire(r, [rpm(), tpm(100)], now=NOW + 5, mode="shadow", token="x") == [2, NOW + 5, 0, 0, TOKEN, -1, -1]
-    # Even when it would now be refused, or could never fit: the reservation answers first.
-    assert acquire(r, [rpm(limit=1), tpm(5_000)], now=NOW + 7, token="y") == [2, NOW + 7, 0, 0, TOKEN, -1, -1]
+    assert acquire(r, [rpm(), tpm(100)], token="retry") == [NOW, 2, 0, 0, TOKEN, -1, -1]
+    assert acquire(r, [rpm(), tpm(100)], now=NOW + 5, mode="shadow", token="x") == [NOW + 5, 2, 0, 0, TOKEN, -1, -1]
+    # Even when it would now be refused, or could never fit: the reservation answers first (and
+    # no refusal is counted).
+    assert acquire(r, [rpm(limit=1), tpm(5_000)], now=NOW + 7, token="y") == [NOW + 7, 2, 0, 0, TOKEN, -1, -1]
+    assert acquire(r, [rpm(limit=1), tpm(100)], now=NOW + 8, token="z") == [NOW + 8, 2, 0, 0, TOKEN, -1, -1]
     assert dump(r) == before
     # The token it returned settles the reservation; the retry's own does not.
     amounts = [(RPM, "requests_per_minute", 0), (TPM, "tokens_per_minute", 0)]
@@ -345,12 +392,144 @@ def test_a_repeated_acquire_consumes_nothing_and_returns_the_held_token(r: redis
 def test_cost_above_the_limit_is_refused_for_good(r: redis.Redis) -> None:
     seed(r)
     before = dump(r)
-    assert acquire(r, [rpm(), tpm(2_001)]) == [3, NOW, 2, -1, "", -1, -1]
-    assert acquire(r, [rpm(2, 1), tpm(5_000)]) == [3, NOW, 1, -1, "", -1, -1]  # the first that cannot fit
-    assert acquire(r, [rpm(1, 0)]) == [3, NOW, 1, -1, "", -1]
-    assert dump(r) == before
+    assert acquire(r, [rpm(), tpm(2_001)]) == [NOW, 3, 2, -1, "", -1, -1]
+    assert acquire(r, [rpm(2, 1), tpm(5_000)]) == [NOW, 3, 1, -1, "", -1, -1]  # the first that cannot fit
+    assert acquire(r, [rpm(1, 0)]) == [NOW, 3, 1, -1, "", -1]
+    assert dump(r) == plus_denials(before, requests_per_minute=2, tokens_per_minute=1)
     zero = ("{adm:m}:w:zero", "tokens_per_minute", 0, 60_000, 1_000, 0)
-    assert acquire(r, [zero], res="{adm:m}:r:free") == [1, NOW, 0, 0, "", 0]  # 0 against 0 fits
+    assert acquire(r, [zero], res="{adm:m}:r:free") == [NOW, 1, 0, 0, "", 0]  # 0 against 0 fits
+
+
+# -- several requests in one call ------------------------------------------------------------------
+
+
+def test_requests_in_one_call_are_taken_in_order_each_as_if_alone(r: redis.Redis) -> None:
+    """What auto-batching sends: a limit with room for two admits the first two and refuses the
+    third, which waits for the bucket holding them; the windows hold the two costs and the
+    denial counter counts the one refusal. Replies and writes are those of three calls."""
+    limits = [rpm(limit=2), tpm(0)]
+    requests: list[Request] = [
+        ("{adm:m}:r:a", "tok-a", [1, 100]),
+        ("{adm:m}:r:b", "tok-b", [1, 200]),
+        ("{adm:m}:r:c", "tok-c", [1, 300]),
+    ]
+    wait = (SEC + 1) * 1_000 + 60_000 - NOW
+    reply = acquire_many(r, limits, requests)
+    assert reply == [
+        *[NOW, 1, 0, 0, "", 1, 1_900],
+        *[1, 0, 0, "", 0, 1_700],
+        *[0, 1, wait, "", 0, 1_700],  # the third: refused by requests_per_minute
+    ]
+    assert r.hgetall(RPM) == {str(SEC): "2", "_sum": "2", "_low": str(SEC)}
+    assert r.hgetall(TPM) == {str(SEC): "300", "_sum": "300", "_low": str(SEC)}
+    assert 60_000 < r.pttl(RPM) <= 61_000
+    assert 60_000 < r.pttl(TPM) <= 61_000
+    assert r.hgetall(DENIED) == {"requests_per_minute": "1"}
+    assert r.get("{adm:m}:r:a") == record(
+        "tok-a",
+        NOW,
+        charge("requests_per_minute", SEC, 1, 60_000, 1_000),
+        charge("tokens_per_minute", SEC, 100, 60_000, 1_000),
+    )
+    assert r.get("{adm:m}:r:b") == record(
+        "tok-b",
+        NOW,
+        charge("requests_per_minute", SEC, 1, 60_000, 1_000),
+        charge("tokens_per_minute", SEC, 200, 60_000, 1_000),
+    )
+    assert r.exists("{adm:m}:r:c") == 0
+    assert TTL - 1_000 < r.pttl("{adm:m}:r:a") <= TTL
+    batched = dump(r)
+    # The same three requests sent one at a time: the same replies, the same Redis.
+    r.flushall()
+    alone = [acquire_many(r, limits, [q]) for q in requests]
+    assert alone == replies(reply, 2)
+    assert dump(r) == batched
+
+
+def test_refusals_in_one_call_are_counted_at_once(r: redis.Redis) -> None:
+    """Two refusals by the same limit in one call add 2 to its counter; each limit its own."""
+    acquire(r, [rpm(limit=1), tpm(10, 10)], res="{adm:m}:r:a")
+    requests: list[Request] = [
+        ("{adm:m}:r:b", "tok-b", [1, 0]),  # requests_per_minute refuses
+        ("{adm:m}:r:c", "tok-c", [0, 11]),  # could never fit tokens_per_minute: status 3
+        ("{adm:m}:r:d", "tok-d", [1, 5]),  # both refuse, as long: the first, requests_per_minute
+        ("{adm:m}:r:e", "tok-e", [0, 0]),  # fits
+    ]
+    wait = (SEC + 1) * 1_000 + 60_000 - NOW
+    assert acquire_many(r, [rpm(limit=1), tpm(10, 10)], requests) == [
+        *[NOW, 0, 1, wait, "", 0, 0],
+        *[3, 2, -1, "", -1, -1],
+        *[0, 1, wait, "", 0, 0],
+        *[1, 0, 0, "", 0, 0],
+    ]
+    assert r.hgetall(DENIED) == {"requests_per_minute": "2", "tokens_per_minute": "1"}
+    assert sorted(r.keys("{adm:m}:r:*")) == ["{adm:m}:r:a", "{adm:m}:r:e"]  # only the admitted
+
+
+def test_one_call_writes_each_window_and_counter_once(r: redis.Redis, real_redis: None) -> None:
+    """However many requests: one HSET per window, one HINCRBY per limit that refused (by the
+    number of its refusals), one write per reservation."""
+    requests: list[Request] = [(f"{{adm:m}}:r:{i}", f"tok-{i}", [1, 100]) for i in range(4)]
+    hset, hincrby, pexpire, sets = (calls(r, c) for c in ("hset", "hincrby", "pexpire", "set"))
+    reply = acquire_many(r, [rpm(limit=2), tpm(0)], requests)
+    assert [q[1] for q in replies(reply, 2)] == [1, 1, 0, 0]
+    assert calls(r, "hset") - hset == 2  # RPM and TPM, once each
+    assert calls(r, "pexpire") - pexpire == 2
+    assert calls(r, "hincrby") - hincrby == 1
+    assert calls(r, "set") - sets == 2  # the two admitted reservations
+    assert r.hgetall(DENIED) == {"requests_per_minute": "2"}
+    assert r.hgetall(RPM) == {str(SEC): "2", "_sum": "2", "_low": str(SEC)}
+    assert r.hgetall(TPM) == {str(SEC): "200", "_sum": "200", "_low": str(SEC)}
+
+
+def test_a_reservation_id_twice_in_one_call_is_admitted_once(r: redis.Redis) -> None:
+    """The second request naming the same caller-given id is a retry of the first: status 2 with
+    the first's token, consuming nothing and counting no refusal, as it would in a later call."""
+    requests: list[Request] = [(RES, "tok-first", [1, 100]), (RES, "tok-second", [1, 200])]
+    assert acquire_many(r, [rpm(), tpm(0)], requests) == [
+        *[NOW, 1, 0, 0, "", 4, 1_900],
+        *[2, 0, 0, "tok-first", -1, -1],
+    ]
+    assert r.get(RES) == record(
+        "tok-first",
+        NOW,
+        charge("requests_per_minute", SEC, 1, 60_000, 1_000),
+        charge("tokens_per_minute", SEC, 100, 60_000, 1_000),
+    )
+    assert r.hgetall(RPM) == {str(SEC): "1", "_sum": "1", "_low": str(SEC)}
+    assert r.hgetall(TPM) == {str(SEC): "100", "_sum": "100", "_low": str(SEC)}
+    assert r.exists(DENIED) == 0
+    # Even when the second could never fit, or the first is refused: the first admitted answers.
+    r.flushall()
+    requests = [(RES, "tok-first", [1, 100]), (RES, "tok-second", [1, 5_000])]
+    assert acquire_many(r, [rpm(), tpm(0)], requests)[7:] == [2, 0, 0, "tok-first", -1, -1]
+    assert r.exists(DENIED) == 0
+    r.flushall()
+    requests = [(RES, "tok-first", [6, 100]), (RES, "tok-second", [1, 100])]
+    assert acquire_many(r, [rpm(), tpm(0)], requests) == [
+        *[NOW, 3, 1, -1, "", -1, -1],
+        *[1, 0, 0, "", 4, 1_900],
+    ]
+    assert r.get(RES).startswith("tok-second ")
+
+
+def test_a_peek_of_several_requests_writes_nothing(r: redis.Redis) -> None:
+    """A peek takes nothing off: each request sees the windows as they are."""
+    seed(r)
+    before = dump(r)
+    requests: list[Request] = [(RES, "tok-a", [1, 1_100]), ("{adm:m}:r:two", "tok-b", [1, 1_100])]
+    assert acquire_many(r, [rpm(), tpm(0)], requests, mode="peek") == [
+        *[NOW, 1, 0, 0, "", 3, 1_100],
+        *[1, 0, 0, "", 3, 1_100],
+    ]
+    # A held reservation is not looked up, a refusal not counted.
+    requests = [(HELD, "tok-a", [1, 1_100]), (RES, "tok-b", [1, 1_101])]
+    assert acquire_many(r, [rpm(), tpm(0)], requests, mode="peek") == [
+        *[NOW, 1, 0, 0, "", 3, 1_100],
+        *[0, 2, (SEC) * 1_000 + 60_000 - NOW, "", 3, 1_100],
+    ]
+    assert dump(r) == before
 
 
 # -- settle ----------------------------------------------------------------------------------------
@@ -375,7 +554,7 @@ def test_settle_charges_extra(r: redis.Redis) -> None:
     acquire(r, [rpm(), tpm(300)])
     assert settle(r, [(RPM, "requests_per_minute", 1), (TPM, "tokens_per_minute", 2_500)]) == [1, NOW]
     assert r.hgetall(TPM) == {str(SEC): "2500", "_sum": "2500", "_low": str(SEC)}  # more than the limit
-    assert acquire(r, [tpm(0)], res="{adm:m}:r:next")[:3] == [0, NOW, 1]  # so the next request waits
+    assert acquire(r, [tpm(0)], res="{adm:m}:r:next")[:3] == [NOW, 0, 1]  # so the next request waits
 
 
 def test_settle_charges_a_zero_estimate_in_full(r: redis.Redis) -> None:
@@ -389,7 +568,7 @@ def test_settle_charges_a_zero_estimate_in_full(r: redis.Redis) -> None:
     ]
     assert r.hgetall(TPM) == {str(SEC): "2500", "_sum": "2500", "_low": str(SEC)}
     assert 60_000 < r.pttl(TPM) <= 61_000
-    assert acquire(r, [tpm(0)], res="{adm:m}:r:next", token="n")[:3] == [0, NOW, 1]
+    assert acquire(r, [tpm(0)], res="{adm:m}:r:next", token="n")[:3] == [NOW, 0, 1]
     # The same into a window that has no bookkeeping at all (its hash gone, say): made from scratch.
     r.flushall()
     acquire(r, [tpm(0)])
@@ -461,8 +640,13 @@ def test_a_stale_handle_never_settles_a_later_reservation_under_the_same_id(r: r
     amounts = [(RPM, "requests_per_minute", 0), (TPM, "tokens_per_minute", 0)]
     acquire(r, [rpm(), tpm(300)], token="first")
     assert settle(r, amounts, token="first") == [1, NOW]
-    assert acquire(r, [rpm(), tpm(200)], now=NOW + 10, token="second")[0] == 1
-    assert r.hget(RES, "tok") == "second"
+    assert acquire(r, [rpm(), tpm(200)], now=NOW + 10, token="second")[1] == 1
+    assert r.get(RES) == record(
+        "second",
+        NOW + 10,
+        charge("requests_per_minute", SEC, 1, 60_000, 1_000),
+        charge("tokens_per_minute", SEC, 200, 60_000, 1_000),
+    )
     before = dump(r)
     assert settle(r, amounts, now=NOW + 20, token="first") == [0, NOW + 20]  # the retried release
     assert settle(r, [(RPM, "requests_per_minute", 1), (TPM, "tokens_per_minute", 999)], token="first")[0] == 0
@@ -472,22 +656,81 @@ def test_a_stale_handle_never_settles_a_later_reservation_under_the_same_id(r: r
     assert buckets(r, RPM) == buckets(r, TPM) == {}
 
 
-@pytest.mark.parametrize("name", ["tokens\tper_minute", "tokens per_minute", "tokens\nper", ""])
+@pytest.mark.parametrize("name", ["tokens\tper_minute", "tokens per_minute", "tokens\nper", "tokens|per_minute", ""])
 def test_a_limit_name_settle_could_not_read_is_refused(r: redis.Redis, name: str) -> None:
-    """Names go into the record space-separated: acquire refuses any whitespace, writing nothing."""
+    """Names go into the record between spaces and '|': acquire refuses either, writing nothing."""
     before = dump(r)
     with pytest.raises(redis.ResponseError, match="ERR_ARGS limit 1: bad name"):
         acquire(r, [("{adm:m}:w:tab", name, 2_000, 60_000, 1_000, 300)])
     assert dump(r) == before
 
 
+def test_each_reservation_of_one_call_settles_on_its_own(r: redis.Redis) -> None:
+    """Requests admitted together hold a reservation each, under its own token: settling one
+    moves its own amounts only."""
+    requests: list[Request] = [("{adm:m}:r:a", "tok-a", [1, 100]), ("{adm:m}:r:b", "tok-b", [1, 200])]
+    acquire_many(r, [rpm(), tpm(0)], requests)
+    amounts = [(RPM, "requests_per_minute", 0), (TPM, "tokens_per_minute", 0)]
+    assert settle(r, amounts, res="{adm:m}:r:b", token="tok-a") == [0, NOW]  # the other's token
+    assert settle(r, amounts, res="{adm:m}:r:b", token="tok-b") == [1, NOW]
+    assert r.hgetall(TPM) == {str(SEC): "100", "_sum": "100", "_low": str(SEC)}
+    assert r.hgetall(RPM) == {str(SEC): "1", "_sum": "1", "_low": str(SEC)}
+    assert r.get("{adm:m}:r:a") is not None
+
+
+@pytest.mark.parametrize(
+    "held",
+    [
+        "",
+        "garbage",
+        TOKEN,
+        f"{TOKEN} soon|requests_per_minute {SEC} 1 60000 1000",
+        f"{TOKEN} {NOW}|garbage",
+        f"{TOKEN} {NOW}|requests_per_minute {SEC} 1 60000 1000|tokens_per_minute x",
+    ],
+)
+def test_a_record_settle_cannot_read_is_no_reservation(r: redis.Redis, held: str) -> None:
+    """Only a record of acquire's form is settled: anything else under the key changes nothing."""
+    acquire(r, [rpm()], res="{adm:m}:r:a")
+    r.set(RES, held)
+    before = dump(r)
+    assert settle(r, [(RPM, "requests_per_minute", 0)]) == [0, NOW]
+    assert dump(r) == before
+
+
+def test_a_reservation_key_of_another_type_is_no_reservation_to_settle(r: redis.Redis) -> None:
+    """A hash under the key (a reservation of an older version, say): settle answers "none"."""
+    acquire(r, [rpm()], res="{adm:m}:r:a")
+    r.hset(RES, mapping={"tok": TOKEN, "n": 0})
+    before = dump(r)
+    assert settle(r, [(RPM, "requests_per_minute", 0)]) == [0, NOW]
+    assert dump(r) == before
+
+
+def test_a_key_of_another_type_fails_the_whole_call_before_any_write(r: redis.Redis) -> None:
+    """Looked-up reservations are only read while requests are taken: a later request whose key
+    cannot be read fails the call with nothing written, not even the first one's reservation."""
+    r.hset("{adm:m}:r:old", mapping={"tok": "x"})
+    before = dump(r)
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        acquire_many(r, [rpm()], [("{adm:m}:r:a", "ta", [1]), ("{adm:m}:r:old", "tb", [1])])
+    assert dump(r) == before
+
+
 # -- bad arguments ---------------------------------------------------------------------------------
 
-GOOD = [NOW, "acquire", TTL, 2, TOKEN, "requests_per_minute", 5, 60_000, 1_000, 1]
-GOOD += ["tokens_per_minute", 2_000, 60_000, 1_000, 9]
+TWO, TWO_TOKEN = "{adm:m}:r:two", "tok-two"  # the second request of GOOD
+GOOD: list[Any] = [NOW, "acquire", TTL, 2, 2]
+GOOD += ["requests_per_minute", 5, 60_000, 1_000, "tokens_per_minute", 2_000, 60_000, 1_000]
+GOOD += [TOKEN, 1, 9, TWO_TOKEN, 1, 9]
 # ARGV positions (0-based here) in GOOD
-A_NOW, A_MODE, A_TTL, A_N, A_TOKEN = range(5)
-A_NAME, A_LIMIT, A_WINDOW, A_BUCKET, A_COST = range(5, 10)  # the first limit; the second is 5 on
+A_NOW, A_MODE, A_TTL, A_N, A_M = range(5)
+A_NAME, A_LIMIT, A_WINDOW, A_BUCKET = range(5, 9)  # the first limit; the second is 4 on (L2)
+A_TOKEN, A_COST = 13, 14  # the first request (its cost on the first limit); the second is 3 on (R2)
+L2, R2 = 4, 3
+# The layout before several requests: reservation first, the token as ARGV[5], costs per limit.
+OLD = [NOW, "acquire", TTL, 2, TOKEN, "requests_per_minute", 5, 60_000, 1_000, 1]
+OLD += ["tokens_per_minute", 2_000, 60_000, 1_000, 9]
 
 
 def with_arg(index: int, value: Any) -> list[Any]:
@@ -497,74 +740,116 @@ def with_arg(index: int, value: Any) -> list[Any]:
 
 
 def limits_args(n: int) -> tuple[list[str], list[Any]]:
-    keys = [f"{{adm:m}}:w:k{i}" for i in range(n)]
-    args: list[Any] = [NOW, "acquire", TTL, n, TOKEN]
+    """n limits, one request: the keys and the args."""
+    keys = [*(f"{{adm:m}}:w:k{i}" for i in range(n)), DENIED, RES]
+    args: list[Any] = [NOW, "acquire", TTL, n, 1]
     for i in range(n):
-        args += [f"k{i}", 5, 60_000, 1_000, 1]
+        args += [f"k{i}", 5, 60_000, 1_000]
+    return keys, [*args, TOKEN, *[1] * n]
+
+
+def requests_args(m: int) -> tuple[list[str], list[Any]]:
+    """One limit, m requests: the keys and the args."""
+    keys = [RPM, DENIED, *(f"{{adm:m}}:r:{j}" for j in range(m))]
+    args: list[Any] = [NOW, "acquire", TTL, 1, m, "requests_per_minute", 5_000, 60_000, 1_000]
+    for j in range(m):
+        args += [f"tok-{j}", 1]
     return keys, args
 
 
 BAD_ACQUIRE: dict[str, tuple[int, list[Any]]] = {
-    "one key too few": (2, GOOD),
-    "two keys too many (one is the denial counters)": (5, GOOD),
-    "one arg too many": (3, [*GOOD, 1]),
-    "one arg too few": (3, GOOD[:-1]),
-    "no token arg (the old layout)": (3, [*GOOD[:A_TOKEN], *GOOD[A_TOKEN + 1 :]]),
-    "n not a number": (3, with_arg(A_N, "two")),
-    "n negative": (3, with_arg(A_N, -1)),
-    "n fractional": (3, with_arg(A_N, 1.5)),
-    "n inf": (3, with_arg(A_N, "inf")),
-    "n nan": (3, with_arg(A_N, "nan")),
-    "unknown mode": (3, with_arg(A_MODE, "take")),
-    "empty mode": (3, with_arg(A_MODE, "")),
-    "token empty": (3, with_arg(A_TOKEN, "")),
-    "token of 65 characters": (3, with_arg(A_TOKEN, "t" * 65)),
-    "ttl zero": (3, with_arg(A_TTL, 0)),
-    "ttl negative": (3, with_arg(A_TTL, -5)),
-    "ttl fractional": (3, with_arg(A_TTL, 1.5)),
-    "ttl not a number": (3, with_arg(A_TTL, "soon")),
-    "ttl empty": (3, with_arg(A_TTL, "")),
-    "ttl inf": (3, with_arg(A_TTL, "inf")),
-    "ttl nan": (3, with_arg(A_TTL, "nan")),
-    "ttl above 30 days": (3, with_arg(A_TTL, 2_592_000_001)),
-    "ttl above int64": (3, with_arg(A_TTL, "1e19")),
-    "now negative": (3, with_arg(A_NOW, -1)),
-    "now fractional": (3, with_arg(A_NOW, 1.5)),
-    "now not a number": (3, with_arg(A_NOW, "noon")),
-    "now nan": (3, with_arg(A_NOW, "nan")),
-    "now inf": (3, with_arg(A_NOW, "inf")),
-    "now above 2^53 - 1": (3, with_arg(A_NOW, 2**53)),
-    "name empty": (3, with_arg(A_NAME, "")),
-    "name with a space": (3, with_arg(A_NAME, "requests per minute")),
-    "limit negative": (3, with_arg(A_LIMIT, -5)),
-    "limit not a number": (3, with_arg(A_LIMIT, "five")),
-    "limit inf": (3, with_arg(A_LIMIT, "inf")),
-    "limit above 2^53 - 1": (3, with_arg(A_LIMIT, 2**53)),
-    "window fractional": (3, with_arg(A_WINDOW, 60_000.5)),
-    "window not a number": (3, with_arg(A_WINDOW, "x")),
-    "window empty": (3, with_arg(A_WINDOW, "")),
-    "bucket not a number": (3, with_arg(A_BUCKET, "sec")),
-    "bucket nan": (3, with_arg(A_BUCKET, "nan")),
-    "cost negative": (3, with_arg(A_COST, -1)),
-    "cost above 2^53 - 1": (3, with_arg(A_COST, 2**53)),
-    "cost inf": (3, with_arg(A_COST, "inf")),
-    "bucket zero": (3, with_arg(A_BUCKET, 0)),
-    "window not a multiple of the bucket": (3, with_arg(A_WINDOW, 61_500)),
-    "window shorter than the bucket": (3, with_arg(A_WINDOW, 500)),
-    "second limit's name with a space": (3, with_arg(A_NAME + 5, "tokens per minute")),
-    "second limit's name empty": (3, with_arg(A_NAME + 5, "")),
-    "second limit's limit negative": (3, with_arg(A_LIMIT + 5, -1)),
-    "second limit's cost fractional": (3, with_arg(A_COST + 5, 0.5)),
-    "second limit's cost not a number": (3, with_arg(A_COST + 5, "nine")),
-    "second limit's window not a multiple": (3, with_arg(A_WINDOW + 5, 59_999)),
-    "second limit's bucket zero": (3, with_arg(A_BUCKET + 5, 0)),
+    "one key too few (no reservation for the second request)": (4, GOOD),
+    "one key too many": (6, GOOD),
+    "one arg too many": (5, [*GOOD, 1]),
+    "one arg too few": (5, GOOD[:-1]),
+    "the second request's args missing": (5, GOOD[:-R2]),
+    "a third request's args": (5, [*GOOD, "tok-three", 1, 9]),
+    "the old layout (token where m goes)": (4, OLD),
+    "n not a number": (5, with_arg(A_N, "two")),
+    "n negative": (5, with_arg(A_N, -1)),
+    "n fractional": (5, with_arg(A_N, 1.5)),
+    "n inf": (5, with_arg(A_N, "inf")),
+    "n nan": (5, with_arg(A_N, "nan")),
+    "n one more than the limits": (5, with_arg(A_N, 3)),
+    "n above 64": (5, with_arg(A_N, 65)),
+    "m not a number": (5, with_arg(A_M, "two")),
+    "m empty": (5, with_arg(A_M, "")),
+    "m zero": (5, with_arg(A_M, 0)),
+    "m negative": (5, with_arg(A_M, -2)),
+    "m fractional": (5, with_arg(A_M, 1.5)),
+    "m inf": (5, with_arg(A_M, "inf")),
+    "m nan": (5, with_arg(A_M, "nan")),
+    "m one less than the requests": (5, with_arg(A_M, 1)),
+    "m above 1024": (5, with_arg(A_M, 1_025)),
+    "unknown mode": (5, with_arg(A_MODE, "take")),
+    "empty mode": (5, with_arg(A_MODE, "")),
+    "ttl zero": (5, with_arg(A_TTL, 0)),
+    "ttl negative": (5, with_arg(A_TTL, -5)),
+    "ttl fractional": (5, with_arg(A_TTL, 1.5)),
+    "ttl not a number": (5, with_arg(A_TTL, "soon")),
+    "ttl empty": (5, with_arg(A_TTL, "")),
+    "ttl inf": (5, with_arg(A_TTL, "inf")),
+    "ttl nan": (5, with_arg(A_TTL, "nan")),
+    "ttl above 30 days": (5, with_arg(A_TTL, 2_592_000_001)),
+    "ttl above int64": (5, with_arg(A_TTL, "1e19")),
+    "now negative": (5, with_arg(A_NOW, -1)),
+    "now fractional": (5, with_arg(A_NOW, 1.5)),
+    "now not a number": (5, with_arg(A_NOW, "noon")),
+    "now nan": (5, with_arg(A_NOW, "nan")),
+    "now inf": (5, with_arg(A_NOW, "inf")),
+    "now above 2^53 - 1": (5, with_arg(A_NOW, 2**53)),
+    "name empty": (5, with_arg(A_NAME, "")),
+    "name with a space": (5, with_arg(A_NAME, "requests per minute")),
+    "name with a tab": (5, with_arg(A_NAME, "requests\tper_minute")),
+    "name with a |": (5, with_arg(A_NAME, "requests|per_minute")),
+    "limit negative": (5, with_arg(A_LIMIT, -5)),
+    "limit not a number": (5, with_arg(A_LIMIT, "five")),
+    "limit inf": (5, with_arg(A_LIMIT, "inf")),
+    "limit above 2^53 - 1": (5, with_arg(A_LIMIT, 2**53)),
+    "window fractional": (5, with_arg(A_WINDOW, 60_000.5)),
+    "window not a number": (5, with_arg(A_WINDOW, "x")),
+    "window empty": (5, with_arg(A_WINDOW, "")),
+    "bucket not a number": (5, with_arg(A_BUCKET, "sec")),
+    "bucket nan": (5, with_arg(A_BUCKET, "nan")),
+    "bucket zero": (5, with_arg(A_BUCKET, 0)),
+    "window not a multiple of the bucket": (5, with_arg(A_WINDOW, 61_500)),
+    "window shorter than the bucket": (5, with_arg(A_WINDOW, 500)),
+    "second limit's name with a space": (5, with_arg(A_NAME + L2, "tokens per minute")),
+    "second limit's name with a |": (5, with_arg(A_NAME + L2, "tokens|per_minute")),
+    "second limit's name empty": (5, with_arg(A_NAME + L2, "")),
+    "second limit's limit negative": (5, with_arg(A_LIMIT + L2, -1)),
+    "second limit's window not a multiple": (5, with_arg(A_WINDOW + L2, 59_999)),
+    "second limit's bucket zero": (5, with_arg(A_BUCKET + L2, 0)),
+    "token empty": (5, with_arg(A_TOKEN, "")),
+    "token of 65 characters": (5, with_arg(A_TOKEN, "t" * 65)),
+    "token with a space": (5, with_arg(A_TOKEN, "tok one")),
+    "token with a newline": (5, with_arg(A_TOKEN, "tok\none")),
+    "token with a |": (5, with_arg(A_TOKEN, "tok|one")),
+    "cost negative": (5, with_arg(A_COST, -1)),
+    "cost fractional": (5, with_arg(A_COST, 0.5)),
+    "cost not a number": (5, with_arg(A_COST, "one")),
+    "cost empty": (5, with_arg(A_COST, "")),
+    "cost inf": (5, with_arg(A_COST, "inf")),
+    "cost above 2^53 - 1": (5, with_arg(A_COST, 2**53)),
+    "cost on the second limit nan": (5, with_arg(A_COST + 1, "nan")),
+    # the first request is good: it must not have been admitted
+    "second request's token empty": (5, with_arg(A_TOKEN + R2, "")),
+    "second request's token of 65 characters": (5, with_arg(A_TOKEN + R2, "t" * 65)),
+    "second request's token with a |": (5, with_arg(A_TOKEN + R2, "tok|two")),
+    "second request's token with a tab": (5, with_arg(A_TOKEN + R2, "tok\ttwo")),
+    "second request's cost negative": (5, with_arg(A_COST + R2, -1)),
+    "second request's cost fractional": (5, with_arg(A_COST + R2, 1.5)),
+    "second request's cost not a number": (5, with_arg(A_COST + R2, "one")),
+    "second request's cost inf": (5, with_arg(A_COST + R2, "inf")),
+    "second request's cost on the second limit above 2^53 - 1": (5, with_arg(A_COST + R2 + 1, 2**53)),
+    "second request's cost on the second limit empty": (5, with_arg(A_COST + R2 + 1, "")),
 }
 
 
 def test_good_arguments_are_good(r: redis.Redis) -> None:
-    """The base the bad cases change one thing of."""
-    reply = r.eval(scripts.load("acquire").source, 3, RES, RPM, TPM, *GOOD)
-    assert reply == [1, NOW, 0, 0, "", 4, 1_991]
+    """The base the bad cases change one thing of: two requests, both admitted."""
+    reply = r.eval(scripts.load("acquire").source, 5, RPM, TPM, DENIED, RES, TWO, *GOOD)
+    assert reply == [NOW, 1, 0, 0, "", 4, 1_991, 1, 0, 0, "", 3, 1_982]
 
 
 @pytest.mark.parametrize(("nkeys", "args"), list(BAD_ACQUIRE.values()), ids=list(BAD_ACQUIRE))
@@ -572,7 +857,7 @@ def test_good_arguments_are_good(r: redis.Redis) -> None:
 def test_bad_acquire_arguments_write_nothing(r: redis.Redis, nkeys: int, args: list[Any], reserved: bool) -> None:
     seed(r)
     res = HELD if reserved else RES  # an error, not status 2, even for a held key
-    keys = [res, RPM, TPM, "{adm:m}:l:denied", RPD][:nkeys]
+    keys = [RPM, TPM, DENIED, res, TWO, RPD][:nkeys]
     before = dump(r)
     with pytest.raises(redis.ResponseError, match="ERR_ARGS"):
         r.eval(scripts.load("acquire").source, len(keys), *keys, *args)
@@ -581,11 +866,23 @@ def test_bad_acquire_arguments_write_nothing(r: redis.Redis, nkeys: int, args: l
 
 def test_at_most_64_limits(r: redis.Redis) -> None:
     keys, args = limits_args(64)
-    assert r.eval(scripts.load("acquire").source, 65, RES, *keys, *args)[0] == 1
+    assert r.eval(scripts.load("acquire").source, len(keys), *keys, *args)[1] == 1
     r.flushall()
     keys, args = limits_args(65)
     with pytest.raises(redis.ResponseError, match="ERR_ARGS"):
-        r.eval(scripts.load("acquire").source, 66, RES, *keys, *args)
+        r.eval(scripts.load("acquire").source, len(keys), *keys, *args)
+    assert r.keys("*") == []
+
+
+def test_at_most_1024_requests(r: redis.Redis) -> None:
+    keys, args = requests_args(1_024)
+    reply = r.eval(scripts.load("acquire").source, len(keys), *keys, *args)
+    assert reply[1::5] == [1] * 1_024
+    assert r.hgetall(RPM) == {str(SEC): "1024", "_sum": "1024", "_low": str(SEC)}
+    r.flushall()
+    keys, args = requests_args(1_025)
+    with pytest.raises(redis.ResponseError, match="ERR_ARGS"):
+        r.eval(scripts.load("acquire").source, len(keys), *keys, *args)
     assert r.keys("*") == []
 
 

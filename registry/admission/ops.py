@@ -34,7 +34,7 @@ from registry.ledger.ops import Usage
 from registry.models import MAX_TOKENS, ModelSpec
 from registry.pricing import check_tokens, estimate
 
-__all__ = ["DEFAULT_RESERVATION_TTL_MS", "acquire", "settle"]
+__all__ = ["DEFAULT_RESERVATION_TTL_MS", "acquire", "acquire_group", "merge_acquires", "settle", "split_acquires"]
 
 DEFAULT_RESERVATION_TTL_MS = 3_600_000  # an unsettled reservation's record lives an hour
 _SHORT = {"requests_per_minute": "rpm", "tokens_per_minute": "tpm", "requests_per_day": "rpd"}
@@ -144,20 +144,22 @@ class WindowPlan:
 
     limits: tuple[LimitSpec, ...]
     keys: tuple[str, ...]  # the window hashes, then the denial counters
-    tokens_at: tuple[int, ...]  # where in the per-limit args the token count goes
-    args: tuple[str | int, ...]  # name, limit, window, bucket, cost (1 or a placeholder) per limit
+    args: tuple[str | int, ...]  # name, limit, window, bucket per limit
+    by_tokens: tuple[bool, ...]  # per limit: charged the request's tokens (else 1 per request)
 
     @classmethod
     def of(cls, keys: Keys, model: ModelSpec, tenant: str | None) -> WindowPlan:
         limits = tuple(applicable_limits(model, tenant))
         args: list[str | int] = []
-        tokens_at = []
         for spec in limits:
-            args += [spec.name, spec.limit, spec.window_ms, spec.bucket_ms, 1]
-            if spec.counts == "tokens":
-                tokens_at.append(len(args) - 1)
+            args += [spec.name, spec.limit, spec.window_ms, spec.bucket_ms]
         window_keys = tuple(window_key(keys, model.key, spec.name, spec.tenant) for spec in limits)
-        return cls(limits, (*window_keys, keys.denials(model.key)), tuple(tokens_at), tuple(args))
+        by_tokens = tuple(spec.counts == "tokens" for spec in limits)
+        return cls(limits, (*window_keys, keys.denials(model.key)), tuple(args), by_tokens)
+
+    def costs(self, tokens: int) -> list[int]:
+        """What one request of ``tokens`` costs on each limit."""
+        return [tokens if by_tokens else 1 for by_tokens in self.by_tokens]
 
 
 def _acquire_windows(
@@ -172,15 +174,57 @@ def _acquire_windows(
 ) -> Flow[Decision]:
     if plan is None:
         plan = WindowPlan.of(keys, model, reservation.tenant)
-    limit_args = list(plan.args)
-    for at in plan.tokens_at:
-        limit_args[at] = tokens
     reply = yield Script(
         "acquire",
-        keys=(keys.reservation(model.key, reservation.id, reservation.tenant), *plan.keys),
-        args=(_now_arg(now_ms), mode, reservation_ttl_ms, len(plan.limits), reservation.token, *limit_args),
+        keys=(*plan.keys, keys.reservation(model.key, reservation.id, reservation.tenant)),
+        args=(
+            _now_arg(now_ms),
+            mode,
+            reservation_ttl_ms,
+            len(plan.limits),
+            1,
+            *plan.args,
+            reservation.token,
+            *plan.costs(tokens),
+        ),
     )
     return _decision(reply, plan.limits, reservation, tokens, mode)
+
+
+def acquire_group(request: Script) -> tuple[Any, ...] | None:
+    """What acquire calls must share to run as one script call (the same windows, limits, mode,
+    TTL and clock), or None for any other script: see :func:`merge_acquires`."""
+    if request.name != "acquire" or len(request.args) < 5:
+        return None
+    n = request.args[3]
+    if not isinstance(n, int):
+        return None
+    return (request.keys[: n + 1], request.args[:4], request.args[5 : 5 + 4 * n])
+
+
+def merge_acquires(requests: Sequence[Script]) -> Script:
+    """One acquire.lua call for several single-request acquires of one :func:`acquire_group`:
+    the script takes them in this order, each admitted exactly as if it had come alone."""
+    first = requests[0]
+    n = int(first.args[3])
+    head = 5 + 4 * n
+    keys = [*first.keys[: n + 1]]
+    tails: list[str | int] = []
+    for request in requests:
+        keys.append(request.keys[n + 1])
+        tails.extend(request.args[head:])
+    return Script("acquire", tuple(keys), (*first.args[:4], len(requests), *first.args[5:head], *tails))
+
+
+def split_acquires(reply: Any, count: int) -> list[Any]:
+    """The replies of a :func:`merge_acquires` call, one per request, each as if sent alone."""
+    try:
+        now, size = reply[0], (len(reply) - 1) // count
+    except (TypeError, IndexError, ZeroDivisionError) as exc:
+        raise ScriptError(f"acquire: malformed reply {reply!r}") from exc
+    if size * count != len(reply) - 1:
+        raise ScriptError(f"acquire: malformed reply {reply!r}")
+    return [[now, *reply[1 + k * size : 1 + (k + 1) * size]] for k in range(count)]
 
 
 def _with_token(reservation: Reservation, token: str) -> Reservation:
@@ -189,7 +233,7 @@ def _with_token(reservation: Reservation, token: str) -> Reservation:
 
 def _decision(reply: Any, limits: Sequence[LimitSpec], reservation: Reservation, tokens: int, mode: Mode) -> Decision:
     try:
-        status, now_ms, binding, wait_ms = (int(v) for v in reply[:4])
+        now_ms, status, binding, wait_ms = (int(v) for v in reply[:4])
         stored = text(reply[4])
         remaining = [int(v) for v in reply[5:]]
     except (TypeError, ValueError) as exc:
