@@ -67,10 +67,9 @@ for i = 1, n do
   if bucket < 1 or window < bucket or window % bucket ~= 0 then
     return redis.error_reply('ERR_ARGS limit ' .. i .. ': window must be a multiple of the bucket')
   end
-  local index = math.floor(now / bucket)
-  local field = string.format('%d', index)
-  limits[i] = {name = name, limit = limit, window = window, bucket = bucket, index = index, field = field,
-    added = 0, denied = 0, charge = '|' .. name .. ' ' .. field .. ' ', tail = string.format(' %d %d', window, bucket)}
+  local index = (now - now % bucket) / bucket
+  limits[i] = {name = name, limit = limit, window = window, bucket = bucket, index = index,
+    field = string.format('%d', index), added = 0, denied = 0, at = i}
 end
 local requests = {}
 for j = 1, m do
@@ -145,7 +144,6 @@ local function retry_ms(l, excess)
   end
   return l.window
 end
-for i = 1, n do limits[i].at = i end
 
 local reply = {now}
 local consumed = false
@@ -192,7 +190,7 @@ for j = 1, m do
       local parts = {q.token, ' ', string.format('%d', now)}
       for i = 1, n do
         local l, cost = limits[i], q.costs[i]
-        parts[#parts + 1] = l.charge .. string.format('%d', cost) .. l.tail
+        parts[#parts + 1] = string.format('|%s %s %d %d %d', l.name, l.field, cost, l.window, l.bucket)
         l.total, l.current, l.added = l.total + cost, l.current + cost, l.added + cost
       end
       writes[#writes + 1] = {q.key, table.concat(parts)}

@@ -3,9 +3,10 @@
 
 local MAX = 9007199254740991  -- 2^53 - 1: beyond it Lua numbers are no longer exact
 
--- A whole number in [low, high] (false for nil, NaN and infinities).
+-- A whole number in [low, high] (false for nil, NaN and infinities: NaN compares false with
+-- anything, and the bounds are finite). No function calls: every script runs it per argument.
 local function whole(v, low, high)
-  return v ~= nil and v == v and v >= low and v <= high and v == math.floor(v)
+  return v ~= nil and v >= low and v <= high and v % 1 == 0
 end
 
 -- Now in ms: the testing clock hook's value if one is given, else Redis' TIME.
