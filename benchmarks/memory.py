@@ -81,8 +81,12 @@ def run_memory(report: Report, url: str, *, per_step: int = PER_STEP) -> dict[st
                 bytes=size,
                 note="1 request per bucket here: a count up to 127 takes 1 byte, up to 8.3 M 4",
             )
-    plain = reg.acquire("mem:d", ours.INPUT, ours.OUTPUT)
-    tenant = reg.acquire("mem:d", ours.INPUT, ours.OUTPUT, tenant=ours.TENANT)
+    # A request without a request id leaves no record (its handle says what it holds); with
+    # one, the id's record lives until settled (at most the reservation TTL); a settle leaves a
+    # marker for what is left of the TTL.
+    plain = reg.acquire("mem:d", ours.INPUT, ours.OUTPUT, request_id="mem-plain")
+    tenant = reg.acquire("mem:d", ours.INPUT, ours.OUTPUT, tenant=ours.TENANT, request_id="mem-tenant")
+    anonymous = reg.acquire("mem:d", ours.INPUT, ours.OUTPUT)
     budget = reg.acquire("mem:m", ours.INPUT, ours.OUTPUT, tenant=ours.RICH)
     tag = reg.keys.admission_tag("mem:d")
     for label, decision, scope in (("3 limits", plain, ""), ("5 limits, tenant", tenant, f":t:{ours.TENANT}")):
@@ -90,10 +94,20 @@ def run_memory(report: Report, url: str, *, per_step: int = PER_STEP) -> dict[st
         assert decision.reservation is not None
         key = f"{tag}{scope}:r:{decision.reservation.id}"
         out[f"reservation {label}"] = report.add(
-            operation=f"ours: a reservation ({label}), until settled",
+            operation=f"ours: a request id's record ({label}), until settled",
             bytes=int(raw.memory_usage(key, samples=0) or 0),
             note=key,
         )
+    assert anonymous.reservation is not None
+    assert not raw.exists(f"{tag}:r:{anonymous.reservation.id}")
+    report.add(operation="ours: a reservation without a request id", bytes=0, note="no key: the handle holds it")
+    reg.settle(anonymous.reservation, ours.INPUT, ours.USED_OUTPUT)
+    marker = reg.keys.settled("mem:d", anonymous.reservation.token)
+    out["settle marker"] = report.add(
+        operation="ours: a settle marker, for the rest of the TTL",
+        bytes=int(raw.memory_usage(marker, samples=0) or 0),
+        note=marker,
+    )
     assert budget.allowed
     for key in sorted(raw.scan_iter(match=f"{reg.keys.budget_tag(ours.RICH)}:*", count=1000)):
         kind = "spend of a period" if b":s:" in key else "hold of a request" if b":r:" in key else "other"

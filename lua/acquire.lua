@@ -12,23 +12,26 @@
 -- KEYS[1]...KEYS[n]  the window hash of limit i at KEYS[i] (i = 1..n); all keys share the model's hash tag
 -- KEYS[n+1]     the model's denial counters (hash: limit name -> refusals), counted on each
 --               refusal of an acquire (status 0 or 3), never by a peek
--- KEYS[n+1+j]   the reservation of request j (j = 1..m), a string written when admitted:
---               "token at|name bucket amount window_ms bucket_ms|..." (what settle.lua reads)
+-- KEYS[n+1+j]   the reservation id of request j (j = 1..m): "...:r:<id>". With a caller-given id
+--               (not the request's own token) it is looked up and, when admitted, written: a
+--               string "token at|name bucket amount window_ms bucket_ms|..." (one part per limit)
+--               with the reservation TTL, so that a retry under that id is admitted once. A
+--               reservation named after the request's own token (new for each call) cannot exist
+--               yet: it is neither looked up nor written, the client's handle knows what it holds.
 -- ARGV[1]   now in ms, or "" to use the server's TIME (the testing clock hook)
 -- ARGV[2]   mode: "acquire" | "shadow" (count, never refuse) | "peek" (write nothing)
 -- ARGV[3]   reservation TTL in ms (at most 30 days)
 -- ARGV[4]   n, the number of limits
 -- ARGV[5]   m, the number of requests (1 to 1024)
 -- ARGV[6 + 4*(i-1) + 0..3]  limit i: name, limit, window_ms, bucket_ms
--- then for each request j, 1 + n values: its token (new for each call: stored in the
---           reservation, so that settling a handle from an earlier use of the same reservation
---           id never touches a later one), then its cost on each limit.
---           A reservation named after the request's own token (no caller-given id) is not
---           looked up: it cannot exist yet.
+-- then for each request j, 1 + n values: its token (new for each call), then its cost on
+--           each limit.
 --
--- returns {now_ms, then for each request: status, binding, retry_after_ms, token,
+-- returns {now_ms, then for each request: status, binding, retry_after_ms, record,
 --          remaining_1, ..., remaining_n}
---   token is the stored reservation's token for status 2, else ""
+--   record is, for status 2, what the reservation id holds (the admitted request's token, time
+--   and charges, as above), else "". An admitted request charged limit i's bucket
+--   floor(now_ms / bucket_ms) with its cost.
 --   status 1 admitted, 0 refused, 2 already admitted under this reservation (nothing
 --   consumed again), 3 refused for good: cost of limit `binding` exceeds the limit itself,
 --   4 shadow: admitted although limit `binding` would have refused.
@@ -147,8 +150,8 @@ end
 
 local reply = {now}
 local consumed = false
-local held = {}  -- reservation key -> token stored under it (false: none), as this call goes
-local writes = {}  -- {key, record} of each reservation admitted
+local held = {}  -- reservation key -> the record stored under it (false: none), as this call goes
+local writes = {}  -- {key, record} of each admitted request with a caller-given id
 for j = 1, m do
   local q = requests[j]
   local status, binding, wait, stored = 1, 0, 0, ''
@@ -179,22 +182,27 @@ for j = 1, m do
     -- reservations are written with the windows, at the end.
     local prior = held[q.key]
     if prior == nil and not q.fresh then
-      local value = redis.call('GET', q.key)
-      prior = value and (string.match(value, '^(%S+)') or '') or false
+      prior = redis.call('GET', q.key)
       held[q.key] = prior
     end
     if prior then
       status, binding, wait, stored = 2, 0, 0, prior
     elseif status == 1 or status == 4 then
       consumed = true
-      local parts = {q.token, ' ', string.format('%d', now)}
       for i = 1, n do
         local l, cost = limits[i], q.costs[i]
-        parts[#parts + 1] = string.format('|%s %s %d %d %d', l.name, l.field, cost, l.window, l.bucket)
         l.total, l.current, l.added = l.total + cost, l.current + cost, l.added + cost
       end
-      writes[#writes + 1] = {q.key, table.concat(parts)}
-      held[q.key] = q.token  -- the same id again in this call is a repeat of this one
+      if not q.fresh then  -- a caller-given id: remember what it was admitted with
+        local parts = {q.token, ' ', string.format('%d', now)}
+        for i = 1, n do
+          local l = limits[i]
+          parts[#parts + 1] = string.format('|%s %s %d %d %d', l.name, l.field, q.costs[i], l.window, l.bucket)
+        end
+        local record = table.concat(parts)
+        writes[#writes + 1] = {q.key, record}
+        held[q.key] = record  -- the same id again in this call is a repeat of this one
+      end
     elseif binding ~= 0 then
       limits[binding].denied = limits[binding].denied + 1  -- the limit that refused it
     end

@@ -12,8 +12,9 @@ Admission keys, one hash tag per model (its tenants' limits share it)::
 
     {registry:adm:<provider>:<id>}:w:<limit>              hash  sliding-window buckets
     {registry:adm:<provider>:<id>}:t:<tenant>:w:<limit>   hash  a tenant's buckets on the model
-    {registry:adm:<provider>:<id>}:r:<reservation id>     string what an admitted request holds
+    {registry:adm:<provider>:<id>}:r:<request id>         string what a request admitted under that id holds
     {registry:adm:<provider>:<id>}:t:<tenant>:r:<id>      string the same, for a tenant's request
+    {registry:adm:<provider>:<id>}[:t:<tenant>]:s:<token> string an acquire settled or released
     {registry:adm:<provider>:<id>}[:t:<tenant>]:l:total   hash  ledger counters, all time
     {registry:adm:<provider>:<id>}[:t:<tenant>]:l:m:<n>   hash  ... of UTC minute n (also h:, d:)
     {registry:adm:<provider>:<id>}:l:id:<request id>      string a recorded request id (24 h)
@@ -100,9 +101,16 @@ class Keys:
         return f"{self.admission_tag(model_key)}{scope}:w:{limit}"
 
     def reservation(self, model_key: str, reservation_id: str, tenant: str | None = None) -> str:
-        """An admitted request's record; a tenant's ids live apart from other tenants'."""
+        """The record of a request admitted under a caller-given id (a reservation named after its
+        own token is never written); a tenant's ids live apart from other tenants'."""
         scope = "" if tenant is None else f":t:{tenant}"
         return f"{self.admission_tag(model_key)}{scope}:r:{reservation_id}"
+
+    def settled(self, model_key: str, token: str, tenant: str | None = None) -> str:
+        """Marks an acquire (by its token) as settled or released, for as long as its reservation
+        would live: settling it again changes nothing."""
+        scope = "" if tenant is None else f":t:{tenant}"
+        return f"{self.admission_tag(model_key)}{scope}:s:{token}"
 
     def usage_marker(self, model_key: str, request_id: str) -> str:
         """Marks a request id as recorded (expires): recording it again counts nothing."""

@@ -373,11 +373,15 @@ def test_every_key_of_a_model_shares_its_slot(gated: Any, r: redis.Redis) -> Non
     from redis.crc import key_slot
 
     held = gated.acquire("openai:gpt-4", 10, 10, tenant="acme", request_id="x").reservation
-    gated.acquire("openai:gpt-4", 10, 10, tenant="vip")
+    vip = gated.acquire("openai:gpt-4", 10, 10, tenant="vip").reservation
+    gated.settle(vip, 10, 5)
     keys = [k for k in r.keys("*") if not k.startswith("{registry:catalog}")]
-    assert len(keys) == 1 + 3 + 1 + 1 + 1  # 2 reservations, model windows, 2 tenant windows
-    assert len({key_slot(k.encode()) for k in keys}) == 1
+    # the caller-given id's record, model windows, 2 tenant windows, a settle marker, the ledger
     assert f"{{registry:adm:openai:gpt-4}}:t:acme:r:{held.id}" in keys
+    assert f"{{registry:adm:openai:gpt-4}}:t:vip:s:{vip.token}" in keys
+    assert not any(k.endswith(f":r:{vip.id}") for k in keys)  # no caller-given id: no record
+    assert len([k for k in keys if ":w:" in k]) == 3 + 1 + 1
+    assert len({key_slot(k.encode()) for k in keys}) == 1
 
 
 def _child_ids(out: Any) -> None:
@@ -402,11 +406,77 @@ def test_reservation_ids_never_repeat_across_a_fork() -> None:
     assert all(len(i) <= 64 for i in mine + theirs + after)
 
 
-def test_a_retry_under_a_previous_reservations_id_is_a_duplicate(gated: Any) -> None:
-    """A reservation made without a request id is named after its token; a retry that names it
-    (request_id=reservation.id) brings a new token, so it is looked up and found."""
-    first = gated.acquire("openai:gpt-4", 100, 100).reservation
+def test_only_a_caller_given_request_id_is_recorded_and_idempotent(gated: Any, r: redis.Redis) -> None:
+    """An acquire without a request id is named after its own token and writes nothing but the
+    windows: its handle holds when it was admitted and what each limit was charged, and settles
+    once. A retry naming it (request_id=first.id) is a new request; a caller-given id is recorded,
+    so that its retry is the duplicate, handed the original's handle, until a settle frees it."""
+    tag = "{registry:adm:openai:gpt-4}"
+    ttl = 3_600_000
+    decision = gated.acquire("openai:gpt-4", 100, 100)
+    first = decision.reservation
     assert first.id == first.token
+    assert decision.server_ms == gated.clock.now_ms == 1_000_000_000
+    assert (first.at_ms, first.ttl_ms) == (decision.server_ms, ttl)
+    assert first.charges == (
+        ("requests_per_minute", 1_000_000, 1, 60_000, 1_000),
+        ("tokens_per_minute", 1_000_000, 200, 60_000, 1_000),
+        ("requests_per_day", 1_111, 1, 86_400_000, 900_000),  # 1e9 // 900,000
+    )
+    assert r.keys(f"{tag}:r:*") == []
+    # A retry naming it is not recognised: admitted again, and recorded under that id.
     again = gated.acquire("openai:gpt-4", 100, 100, request_id=first.id)
-    assert again.duplicate
-    assert again.reservation.token == first.token
+    assert (again.allowed, again.duplicate) == (True, False)
+    assert again.reservation.token != first.token
+    assert again.reservation.id == first.id
+    assert again.reservation.charges == first.charges
+    assert again.remaining["requests_per_minute"] == 3
+    record = (
+        f"{again.reservation.token} 1000000000|requests_per_minute 1000000 1 60000 1000"
+        "|tokens_per_minute 1000000 200 60000 1000|requests_per_day 1111 1 86400000 900000"
+    )
+    assert r.keys(f"{tag}:r:*") == [f"{tag}:r:{first.id}"]
+    assert r.get(f"{tag}:r:{first.id}") == record
+    assert ttl - 1_000 < r.pttl(f"{tag}:r:{first.id}") <= ttl
+    # The first settles once, into its own bucket, and leaves the record of the id it named alone.
+    gated.clock.advance(1)
+    assert gated.settle(first, 100, 20) is True
+    assert r.get(f"{tag}:s:{first.token}") == "1"
+    assert ttl - 1_000 - 1_000 < r.pttl(f"{tag}:s:{first.token}") <= ttl - 1_000  # the TTL left
+    assert gated.settle(first, 100, 20) is False
+    assert gated.release(first) is False
+    assert gated.check_rate_limit("openai:gpt-4").remaining["tokens_per_minute"] == 10_000 - 120 - 200
+    assert r.hget(f"{tag}:w:tpm", "1000000") == "320"
+    assert r.get(f"{tag}:r:{first.id}") == record
+    assert gated.release(again.reservation) is True  # its id is free again
+    assert r.keys(f"{tag}:r:*") == []
+    # A caller-given id retried: the duplicate, with the original's token, time and charges.
+    named = gated.acquire("openai:gpt-4", 50, 50, request_id="req-1").reservation
+    retried = gated.acquire("openai:gpt-4", 50, 50, request_id="req-1")
+    assert retried.duplicate
+    assert retried.server_ms == 1_000_001_000
+    held = retried.reservation
+    assert (held.token, held.at_ms, held.ttl_ms) == (named.token, 1_000_001_000, ttl)
+    assert (
+        held.charges
+        == named.charges
+        == (
+            ("requests_per_minute", 1_000_001, 1, 60_000, 1_000),
+            ("tokens_per_minute", 1_000_001, 100, 60_000, 1_000),
+            ("requests_per_day", 1_111, 1, 86_400_000, 900_000),
+        )
+    )
+    assert held == named
+    # first (settled: 1) + again (released: 0) + named once, not twice
+    assert gated.check_rate_limit("openai:gpt-4").remaining["requests_per_minute"] == 5 - 2
+    # Not after the TTL: a settle then changes nothing, the id stays taken; 1 ms earlier it settles.
+    gated.clock.now_ms = named.at_ms + ttl
+    before = dump(r)
+    assert gated.settle(held, 50, 0) is False
+    assert dump(r) == before
+    gated.clock.now_ms -= 1
+    assert gated.settle(held, 50, 0) is True
+    assert r.keys(f"{tag}:r:*") == []
+    fresh = gated.acquire("openai:gpt-4", 50, 50, request_id="req-1")
+    assert (fresh.allowed, fresh.duplicate) == (True, False)
+    assert fresh.reservation.token != named.token

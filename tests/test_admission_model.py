@@ -7,9 +7,17 @@ if every limit's total + cost <= limit, and then each limit is charged in its cu
 (expired buckets are dropped at that moment). Its retry_after is found by brute force: the
 first instant, among those at which a bucket leaves the window, where the request fits.
 
-A reservation is held under its model, tenant and request id, and by the token of the acquire
-that made it: a settle or release with another token (a stale handle, its id since reused)
-changes nothing. The reference learns each token from the real decision (it is random).
+An admitted acquire's handle holds its time and, per limit, the bucket and amount charged. Only
+a caller-given request id is recorded ("...:r:<id>", the token, time and charges), so that a
+retry under it is a duplicate handed the same handle; an acquire without one is named after its
+own token and writes nothing but the windows. A settle or release moves each charged amount to
+its real value once per acquire token (a marker "...:s:<token>"), within the reservation TTL
+after the admission, and frees the id if its record still holds that token. The reference
+learns each token from the real decision (it is random).
+
+Redis expires keys by its own clock, not the fake one the scripts are given: a record or a
+marker lives for its PX in real time, so the reference keeps them and checks their PTTL; only
+a marker written in the last moments of a TTL (a PX of a few ms) may vanish during a test.
 
 A hypothesis state machine drives a real :class:`Registry` (on the test redis-server, with an
 injected :class:`FakeClock`) and the reference through the same random operations, and
@@ -18,6 +26,7 @@ compares every reply and the whole window and reservation state after every step
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,7 +78,7 @@ MODELS: dict[str, dict[str, Any]] = {
 MODEL_KEYS = sorted(MODELS)
 TENANTS = (None, None, "acme", "beta", "beta", "zero")
 REQUEST_IDS = ("req-a", "req-b", "req-c")
-PENDING = "(an id the client draws)"
+RESERVATION_TTL_MS = 3_600_000  # the client's default: how long after its admission a handle settles
 
 
 # -- the reference model ---------------------------------------------------------------------------
@@ -99,6 +108,12 @@ def reservation_key(model_key: str, request_id: str, tenant: str | None) -> str:
     """A tenant's request ids live apart from other tenants' (and from untenanted ones)."""
     scope = f":t:{tenant}" if tenant is not None else ""
     return f"{adm_tag(model_key)}{scope}:r:{request_id}"
+
+
+def settled_key(model_key: str, token: str, tenant: str | None) -> str:
+    """The marker of an acquire (by its token) settled or released, in its tenant's scope."""
+    scope = f":t:{tenant}" if tenant is not None else ""
+    return f"{adm_tag(model_key)}{scope}:s:{token}"
 
 
 def limits_for(model_key: str, tenant: str | None) -> list[Limit]:
@@ -147,19 +162,46 @@ class Admission:
 
 
 @dataclass
-class Held:
+class Acquired:
+    """One admitted acquire: what its handle holds and, under a caller-given id, its record."""
+
     at: int
     charges: list[Charge]
     admission: Admission
     token: str = ""  # the acquire's token, random: learnt from the real decision
+    since: float = 0.0  # time.monotonic() before the acquire: its record's PX runs from then
+
+    def as_charges(self) -> tuple[tuple[str, int, int, int, int], ...]:
+        """As the handle carries them: (name, bucket index, amount, window_ms, bucket_ms)."""
+        return tuple((c.name, c.index, c.cost, c.window, c.bucket) for c in self.charges)
+
+
+@dataclass
+class Marker:
+    """A settle marker, written with what was left of the TTL (``px``, ms of Redis' own clock)."""
+
+    px: int
+    since: float  # time.monotonic() before the settle that wrote it
+
+    def left_ms(self, at: float) -> float:
+        """At most what Redis has left of it at monotonic time ``at`` (it was set after ``since``)."""
+        return self.px - (at - self.since) * 1000
 
 
 @dataclass
 class Reference:
     windows: dict[str, dict[int, int]] = field(default_factory=dict)
-    reservations: dict[str, Held] = field(default_factory=dict)
+    records: dict[str, Acquired] = field(default_factory=dict)  # a caller-given id's key -> its acquire
+    acquires: dict[str, Acquired] = field(default_factory=dict)  # token -> every admitted acquire
+    markers: dict[str, Marker] = field(default_factory=dict)  # the acquires settled or released
     admissions: list[Admission] = field(default_factory=list)
+    # Window keys whose buckets a settle of a token no acquire drew has moved: settle trusts the
+    # handle it is given, so such a copy settles the charges a second time (a release then takes
+    # back what other requests hold) and the interval invariant no longer holds there.
+    forged: set[str] = field(default_factory=set)
     shadow: bool = False
+    ttl: int = RESERVATION_TTL_MS
+    last: Acquired | None = None  # the acquire the last call admitted, or the duplicate's
 
     def total(self, limit: Limit, now: int) -> int:
         buckets = self.windows.get(limit.key, {})
@@ -177,11 +219,18 @@ class Reference:
         raise AssertionError("a request no larger than its limit always fits eventually")
 
     def acquire(
-        self, now: int, res_key: str, limits: list[Limit], costs: list[int], mode: str = "acquire"
+        self, now: int, res_key: str | None, limits: list[Limit], costs: list[int], mode: str = "acquire"
     ) -> tuple[int, int, int, list[int]]:
-        """(status, binding, wait_ms, remaining) exactly as the script's reply documents them."""
+        """(status, binding, wait_ms, remaining) exactly as the script's reply documents them.
+
+        ``res_key`` is the key of a caller-given request id (None without one: the acquire is
+        named after its own token, never looked up nor recorded). ``last`` is then the acquire
+        admitted, or the one whose record makes this a duplicate.
+        """
         n = len(limits)
-        if mode != "peek" and res_key in self.reservations:
+        self.last = None
+        if mode != "peek" and res_key is not None and res_key in self.records:
+            self.last = self.records[res_key]
             return 2, 0, 0, [-1] * n
         for i, (limit, cost) in enumerate(zip(limits, costs, strict=True)):
             if cost > limit.limit:
@@ -208,35 +257,61 @@ class Reference:
             amounts = {lim.key: c for lim, c in zip(limits, costs, strict=True)}
             admission = Admission(now, amounts, dict(amounts), {lim.key: lim for lim in limits})
             self.admissions.append(admission)
-            self.reservations[res_key] = Held(now, charges, admission)
+            self.last = Acquired(now, charges, admission)
+            if res_key is not None:
+                self.records[res_key] = self.last
             totals = [t + c for t, c in zip(totals, costs, strict=True)]
             if status == 1:
                 self.check_admitted_at(now)
         remaining = [max(limit.limit - t, 0) for limit, t in zip(limits, totals, strict=True)]
         return status, binding, wait, remaining
 
-    def settle(self, now: int, res_key: str, token: str, targets: dict[str, tuple[str, int]]) -> bool:
-        """Move each charged amount to ``targets[name]``'s amount; False if nothing is held
-        under ``res_key`` by the acquire of ``token``."""
-        held = self.reservations.get(res_key)
-        if held is None or held.token != token:
+    def learn(self, acquired: Acquired, token: str, since: float) -> None:
+        """The token the real acquire drew for what the reference admitted last."""
+        assert token not in self.acquires  # new for each acquire
+        acquired.token, acquired.since = token, since
+        self.acquires[token] = acquired
+
+    def settle(
+        self,
+        now: int,
+        handle: Reservation,
+        origin: Acquired,
+        targets: dict[str, tuple[str, int]],
+        since: float = 0.0,
+    ) -> bool:
+        """Settle ``handle``, a handle of the acquire ``origin`` (or a copy of it with another
+        token): move each charged amount to ``targets[name]``'s amount. False, changing nothing,
+        once the TTL after its admission has passed or if its token has settled before."""
+        token = handle.token or "-"
+        left = origin.at + self.ttl - now
+        marker = settled_key(handle.model_key, token, handle.tenant)
+        if left <= 0 or marker in self.markers:
             return False
-        del self.reservations[res_key]
-        for charge in held.charges:
+        self.markers[marker] = Marker(min(left, self.ttl), since)
+        res_key = reservation_key(handle.model_key, handle.id, handle.tenant)
+        record = self.records.get(res_key)
+        if handle.id != token and record is not None and record.token == token:
+            del self.records[res_key]  # the id is free again
+        for charge in origin.charges:
             target = targets.get(charge.name)
             if target is None or not live(charge.index, charge.bucket, charge.window, now):
                 continue
             key, amount = target
             assert key == charge.key
             buckets = self.windows.setdefault(key, {})
-            new = max(buckets.get(charge.index, 0) + amount - charge.cost, 0)
+            held = buckets.get(charge.index, 0)
+            new = max(held + amount - charge.cost, 0)
             if new:
                 buckets[charge.index] = new
             else:
                 buckets.pop(charge.index, None)
             if not buckets:
                 del self.windows[key]
-            held.admission.amounts[key] = amount
+            if token == origin.token:
+                origin.admission.amounts[key] = amount
+            elif new != held:
+                self.forged.add(key)
         return True
 
     # -- the invariant -----------------------------------------------------------------------
@@ -249,13 +324,15 @@ class Reference:
         """
         last = self.admissions[-1]
         for key, limit in last.limits.items():
+            if key in self.forged:
+                continue
             inside = sum(a.amounts.get(key, 0) for a in self.admissions if now - limit.window < a.at <= now)
             assert inside <= limit.limit, (key, inside, limit.limit)
 
     def check_every_interval(self) -> None:
         """Over every interval of length W, admitted amounts (released ones count 0, settled
         ones at most their estimate) stay within the limit."""
-        limits = {k: lim for a in self.admissions for k, lim in a.limits.items()}
+        limits = {k: lim for a in self.admissions for k, lim in a.limits.items() if k not in self.forged}
         for key, limit in limits.items():
             times = sorted({a.at for a in self.admissions if key in a.amounts})
             for end in times:
@@ -339,13 +416,24 @@ def redis_reservations(r: redis.Redis) -> dict[str, str]:
     return dict(zip(keys, pipe.execute(), strict=True))
 
 
+def redis_pttls(r: redis.Redis, pattern: str) -> dict[str, tuple[str | None, int]]:
+    """Each key's value and PTTL (a key that expires meanwhile is left out)."""
+    keys = r.keys(pattern)
+    pipe = r.pipeline(transaction=False)
+    for key in keys:
+        pipe.get(key)
+        pipe.pttl(key)
+    got = pipe.execute()
+    return {key: (got[2 * i], got[2 * i + 1]) for i, key in enumerate(keys) if got[2 * i + 1] != -2}
+
+
 def reference_reservations(ref: Reference) -> dict[str, str]:
-    """Which reservations are held, whole: the token, the time and per charged limit
+    """The caller-given ids' records, whole: the token, the time and per charged limit
     ``|name bucket amount window_ms bucket_ms`` (as test_admission_scripts.py pins it)."""
     return {
         key: f"{held.token} {held.at}"
         + "".join(f"|{c.name} {c.index} {c.cost} {c.window} {c.bucket}" for c in held.charges)
-        for key, held in ref.reservations.items()
+        for key, held in ref.records.items()
     }
 
 
@@ -364,6 +452,10 @@ def settle_targets(reservation: Reservation, requests: int, tokens: int) -> dict
     }
 
 
+SURE_MS = 2_000  # a marker with more left than this (by Redis' clock) outlives any settle call
+SLACK_MS = 50  # Redis' clock (whole ms of wall time) against time.monotonic()
+
+
 class Harness:
     """One client and the reference, driven in step; every call compares their answers."""
 
@@ -374,6 +466,7 @@ class Harness:
         self.ref = Reference()
         self.handed: list[Reservation] = []
         self.last_wait: int | None = None
+        self.lapsed = False  # the last settle found its token's marker expired by Redis' clock
 
     @property
     def now(self) -> int:
@@ -390,7 +483,7 @@ class Harness:
         limits = limits_for(model_key, tenant)
         out = max_output if max_output is not None else MODELS[model_key].get("max_output_tokens") or 0
         tokens = input_tokens + out
-        res_key = reservation_key(model_key, request_id, tenant) if request_id is not None else PENDING
+        res_key = reservation_key(model_key, request_id, tenant) if request_id is not None else None
         expected = self.ref.acquire(self.now, res_key, limits, costs_of(limits, tokens))
         if expected[0] == 3:
             with pytest.raises(RequestTooLargeError) as info:
@@ -399,64 +492,112 @@ class Harness:
             assert (info.value.limit, info.value.allowed) == (too_large.name, too_large.limit)
             assert info.value.cost == costs_of([too_large], tokens)[0]
             return None
+        since = time.monotonic()
         decision = self.reg.acquire(model_key, input_tokens, max_output, tenant, request_id)
-        if request_id is None and decision.reservation is not None:
-            # The client drew the id: admit it in the reference under that key after the fact.
-            assert expected[0] == 1
-            res_key = reservation_key(model_key, decision.reservation.id, tenant)
-            assert res_key not in self.ref.reservations
-            self.ref.reservations[res_key] = self.ref.reservations.pop(PENDING)
         check_decision(decision, expected, limits)
+        assert decision.server_ms == self.now
         if decision.reservation is not None:
             got = decision.reservation
-            assert without_token(got) == Reservation(model_key, got.id, tenant, input_tokens, out)
+            held = self.ref.last  # the acquire admitted now, or the one holding the id
+            assert held is not None
             assert isinstance(got.token, str)
             assert 0 < len(got.token) <= 64
-            held = self.ref.reservations[res_key]
             if expected[0] == 2:
                 assert got.token == held.token  # the handle of the acquire that holds the id
             else:
-                assert all(got.token != h.token for h in self.handed)  # a fresh token
-                held.token = got.token
-            if request_id is not None:
-                assert got.id == request_id
+                self.ref.learn(held, got.token, since)  # a fresh token
+            # Without a caller-given id the request is named after its own token.
+            assert got.id == (got.token if request_id is None else request_id)
+            assert without_token(got) == Reservation(
+                model_key,
+                got.id,
+                tenant,
+                input_tokens,
+                out,
+                at_ms=held.at,
+                ttl_ms=self.ref.ttl,
+                charges=held.as_charges(),
+            )
             self.handed.append(got)
         self.last_wait = expected[2] if expected[0] == 0 else None
         return decision
 
     def peek(self, model_key: str, tokens: int, tenant: str | None = None) -> Decision | None:
         limits = limits_for(model_key, tenant)
-        expected = self.ref.acquire(self.now, PENDING, limits, costs_of(limits, tokens), mode="peek")
+        expected = self.ref.acquire(self.now, None, limits, costs_of(limits, tokens), mode="peek")
         if expected[0] == 3:
             with pytest.raises(RequestTooLargeError):
                 self.reg.check_rate_limit(model_key, tokens, tenant)
             return None
         decision = self.reg.check_rate_limit(model_key, tokens, tenant)
         check_decision(decision, expected, limits, peek=True)
+        assert decision.server_ms == self.now
         return decision
 
-    def settle(self, reservation: Reservation, input_tokens: int | None, output_tokens: int | None) -> bool:
+    def settle(
+        self, reservation: Reservation, input_tokens: int | None, output_tokens: int | None, origin: str = ""
+    ) -> bool:
         used_in = reservation.input_tokens if input_tokens is None else input_tokens
         tokens = used_in + (output_tokens or 0)
-        res_key = reservation_key(reservation.model_key, reservation.id, reservation.tenant)
         targets = settle_targets(reservation, 1, tokens)
-        expected = self.ref.settle(self.now, res_key, reservation.token, targets)
-        got = self.reg.settle(reservation, input_tokens, output_tokens)
-        assert got is expected
-        return got
+        return self._settle(
+            reservation, targets, origin, lambda: self.reg.settle(reservation, input_tokens, output_tokens)
+        )
 
-    def release(self, reservation: Reservation) -> bool:
-        res_key = reservation_key(reservation.model_key, reservation.id, reservation.tenant)
-        expected = self.ref.settle(self.now, res_key, reservation.token, settle_targets(reservation, 0, 0))
-        got = self.reg.release(reservation)
+    def release(self, reservation: Reservation, origin: str = "") -> bool:
+        return self._settle(
+            reservation, settle_targets(reservation, 0, 0), origin, lambda: self.reg.release(reservation)
+        )
+
+    def _settle(self, reservation: Reservation, targets: dict[str, tuple[str, int]], origin: str, call: Any) -> bool:
+        """``origin`` is the token of the acquire ``reservation`` is a handle of (by default its
+        own token; another for a copy of a handle given a token no acquire drew).
+
+        Redis counts a marker's PX on its own clock while the fake one may stand still: a marker
+        written in the last moments of its TTL may be gone by the next settle of its token. Only
+        then (``lapsed``) may that settle succeed again, as Redis' answer shows.
+        """
+        key = settled_key(reservation.model_key, reservation.token or "-", reservation.tenant)
+        marker = self.ref.markers.get(key)
+        since = time.monotonic()
+        short = marker is not None and marker.left_ms(since) <= SURE_MS
+        got = call()
+        self.lapsed = short and got is True
+        if self.lapsed:
+            del self.ref.markers[key]
+        expected = self.ref.settle(
+            self.now, reservation, self.ref.acquires[origin or reservation.token], targets, since
+        )
         assert got is expected
         return got
 
     def check_state(self) -> None:
         assert redis_windows(self.r) == {k: v for k, v in self.ref.windows.items() if v}
         assert redis_reservations(self.r) == reference_reservations(self.ref)
+        self.check_expiries()
         check_fast_path(self.r, self.ref, self.now)
         self.ref.check_every_interval()
+
+    def check_expiries(self) -> None:
+        """A record lives the TTL from its acquire, a marker what was left of the TTL at its
+        settle (PX, on Redis' clock), and the markers are exactly those of the acquires (by
+        token, in their tenant's scope) settled or released, but for one whose PX has run out."""
+        records = redis_pttls(self.r, "{registry:adm:*}*:r:*")
+        markers = redis_pttls(self.r, "{registry:adm:*}*:s:*")
+        after = time.monotonic()
+        assert set(records) == set(self.ref.records)
+        for key, (_, pttl) in records.items():
+            since = self.ref.records[key].since
+            assert self.ref.ttl - (after - since) * 1000 - SLACK_MS <= pttl <= self.ref.ttl, (key, pttl)
+        for key, marker in list(self.ref.markers.items()):
+            if key not in markers:
+                assert marker.left_ms(after) <= SLACK_MS, (key, marker)  # run out on Redis' clock
+                del self.ref.markers[key]
+        assert set(markers) <= set(self.ref.markers)
+        for key, (value, pttl) in markers.items():
+            marker = self.ref.markers[key]
+            assert value == "1"
+            assert marker.left_ms(after) - SLACK_MS <= pttl <= marker.px, (key, pttl, marker)
 
 
 # -- the state machine ---------------------------------------------------------------------------
@@ -529,13 +670,19 @@ class AdmissionMachine(RuleBasedStateMachine):
     )
     def settle(self, pick: int, input_tokens: int | None, output_tokens: int | None, twice: bool, handle: str) -> None:
         reservation = self.harness.handed[pick % len(self.harness.handed)]
+        origin = reservation.token
         if handle == "copy":  # as another process would have it
             reservation = Reservation.loads(reservation.dumps())
-        elif handle == "forged":  # a token no acquire drew: settles nothing
+            assert reservation == self.harness.handed[pick % len(self.harness.handed)]
+        elif handle == "forged":
+            # A token no acquire drew, with a real handle's charges: settle trusts its handle, so
+            # this settles them once more (once per tenant scope: its own marker), but it never
+            # frees the id, whose record holds another token.
             reservation = msgspec.structs.replace(reservation, token="forged")
-        self.harness.settle(reservation, input_tokens, output_tokens)
+        self.harness.settle(reservation, input_tokens, output_tokens, origin)
         if twice:
-            assert self.harness.settle(reservation, input_tokens, output_tokens) is False
+            again = self.harness.settle(reservation, input_tokens, output_tokens, origin)
+            assert again is False or self.harness.lapsed
 
     @precondition(lambda self: self.h is not None and bool(self.h.handed))
     @rule(pick=st.integers(0, 1_000), twice=st.booleans())
@@ -543,7 +690,7 @@ class AdmissionMachine(RuleBasedStateMachine):
         reservation = self.harness.handed[pick % len(self.harness.handed)]
         self.harness.release(reservation)
         if twice:
-            assert self.harness.release(reservation) is False
+            assert self.harness.release(reservation) is False or self.harness.lapsed
 
     @rule(ms=small_step_ms)
     def step(self, ms: int) -> None:
@@ -687,9 +834,10 @@ def test_reference_refuses_what_would_overflow_a_window() -> None:
 
 
 # -- request ids shared by tenants, and reused ---------------------------------------------------
-# A reservation's key is the model, the tenant and the request id, and its record holds the token
-# of the acquire that made it: two tenants' requests under one id are two reservations, and a
-# handle whose id has since been reused (by a later acquire) settles nothing.
+# A caller-given id's record is keyed by the model, the tenant and the id, and holds the token of
+# the acquire that made it: two tenants' requests under one id are two reservations. A settle or
+# release marks its acquire's token (once) and frees the id if the record still holds that token,
+# so a handle settled before the id was reused (by a later acquire) settles nothing again.
 
 CLAUDE = "anthropic:claude-3"
 GPT = "openai:gpt-4"  # every tenant has the "*" limit on it: tenant.requests_per_minute = 3

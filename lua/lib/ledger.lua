@@ -20,7 +20,9 @@ local function buckets_match(now, minute, hour, day)
 end
 
 -- Add every pair to every key of keys[first..last] (groups of four: total, minute, hour,
--- day). On an overflow, undo what this call added and return an error reply.
+-- day). On an overflow, undo what this call added and return an error reply: a field this
+-- call made is deleted again (and with its last field, a hash this call made), any other is
+-- brought back to what it held.
 local function add_usage(first, last, pairs_)
   local done = {}
   for k = first, last do
@@ -29,13 +31,17 @@ local function add_usage(first, last, pairs_)
       if type(ok) == 'table' and ok.err then
         for _, d in ipairs(done) do
           local by = d[3]
-          if by ~= '0' then  -- Redis refuses "-0"
+          if d[4] then
+            redis.call('HDEL', d[1], d[2])
+          elseif by ~= '0' then  -- Redis refuses "-0"
             redis.call('HINCRBY', d[1], d[2], string.sub(by, 1, 1) == '-' and string.sub(by, 2) or '-' .. by)
           end
         end
         return redis.error_reply('ERR_OVERFLOW ' .. p[1] .. ' of ' .. KEYS[k] .. ' would overflow; nothing recorded')
       end
-      done[#done + 1] = {KEYS[k], p[1], p[2]}
+      -- The field was new if it now holds just the increment (or held 0: deleting it then
+      -- changes nothing a reader sees, an absent counter reads as 0).
+      done[#done + 1] = {KEYS[k], p[1], p[2], ok == tonumber(p[2])}
     end
   end
   -- Buckets expire: minutes after 2 days, hours after 90 days, days after 2 years.

@@ -17,7 +17,6 @@ import msgspec
 
 from registry._core import Flow, Script, text
 from registry.admission.types import (
-    LIMIT_NAMES,
     Decision,
     LimitSpec,
     Reservation,
@@ -174,21 +173,13 @@ def _acquire_windows(
 ) -> Flow[Decision]:
     if plan is None:
         plan = WindowPlan.of(keys, model, reservation.tenant)
+    costs = plan.costs(tokens)
     reply = yield Script(
         "acquire",
         keys=(*plan.keys, keys.reservation(model.key, reservation.id, reservation.tenant)),
-        args=(
-            _now_arg(now_ms),
-            mode,
-            reservation_ttl_ms,
-            len(plan.limits),
-            1,
-            *plan.args,
-            reservation.token,
-            *plan.costs(tokens),
-        ),
+        args=(_now_arg(now_ms), mode, reservation_ttl_ms, len(plan.limits), 1, *plan.args, reservation.token, *costs),
     )
-    return _decision(reply, plan.limits, reservation, tokens, mode)
+    return _decision(reply, plan.limits, costs, reservation, tokens, mode, reservation_ttl_ms)
 
 
 def acquire_group(request: Script) -> tuple[Any, ...] | None:
@@ -227,11 +218,27 @@ def split_acquires(reply: Any, count: int) -> list[Any]:
     return [[now, *reply[1 + k * size : 1 + (k + 1) * size]] for k in range(count)]
 
 
-def _with_token(reservation: Reservation, token: str) -> Reservation:
-    return msgspec.structs.replace(reservation, token=token)
+def _charged(reservation: Reservation, record: str, ttl_ms: int) -> Reservation:
+    """The handle of the acquire a reservation id's record names (acquire.lua's form:
+    "token at|name bucket amount window_ms bucket_ms|...")."""
+    try:
+        head, *parts = record.split("|")
+        token, at = head.split(" ")
+        charges = tuple((name, int(i), int(c), int(w), int(b)) for name, i, c, w, b in (p.split(" ") for p in parts))
+        return msgspec.structs.replace(reservation, token=token, at_ms=int(at), ttl_ms=ttl_ms, charges=charges)
+    except ValueError as exc:
+        raise ScriptError(f"acquire: unreadable reservation record {record!r}") from exc
 
 
-def _decision(reply: Any, limits: Sequence[LimitSpec], reservation: Reservation, tokens: int, mode: Mode) -> Decision:
+def _decision(
+    reply: Any,
+    limits: Sequence[LimitSpec],
+    costs: Sequence[int],
+    reservation: Reservation,
+    tokens: int,
+    mode: Mode,
+    ttl_ms: int,
+) -> Decision:
     try:
         now_ms, status, binding, wait_ms = (int(v) for v in reply[:4])
         stored = text(reply[4])
@@ -249,9 +256,19 @@ def _decision(reply: Any, limits: Sequence[LimitSpec], reservation: Reservation,
         )
     if status == 0:
         return Decision(False, wait_ms / 1000, bound, named, server_ms=now_ms)
-    held = None if mode == "peek" else reservation
     if status == 2:  # the handle of the acquire that holds this id
-        return Decision(True, 0.0, None, named, _with_token(reservation, stored), duplicate=True, server_ms=now_ms)
+        held = _charged(reservation, stored, ttl_ms)
+        return Decision(True, 0.0, None, named, held, duplicate=True, server_ms=now_ms)
+    held = None
+    if mode != "peek":
+        at = now_ms  # every limit of the plan, in its order (the costs came from the same plan)
+        charges = tuple(
+            [
+                (spec.name, at // spec.bucket_ms, cost, spec.window_ms, spec.bucket_ms)
+                for spec, cost in zip(limits, costs, strict=False)
+            ]
+        )
+        held = msgspec.structs.replace(reservation, at_ms=now_ms, ttl_ms=ttl_ms, charges=charges)
     return Decision(True, 0.0, None, named, held, would_deny=bound if status == 4 else None, server_ms=now_ms)
 
 
@@ -282,17 +299,23 @@ def settle(
         used_in = check_tokens("input_tokens", reservation.input_tokens if input_tokens is None else input_tokens)
         used_out = check_tokens("output_tokens", 0 if output_tokens is None else output_tokens)
         requests, tokens = 1, used_in + used_out
-    names = LIMIT_NAMES if reservation.tenant is not None else LIMIT_NAMES[:3]
-    args: list[str | int] = [_now_arg(now_ms), len(names), reservation.token or "-"]
-    for name in names:
-        args += [name, tokens if name.endswith("tokens_per_minute") else requests]
-    window_keys = (
+    token = reservation.token or "-"
+    args: list[str | int] = [
+        _now_arg(now_ms),
+        len(reservation.charges),
+        token,
+        reservation.at_ms,
+        max(reservation.ttl_ms, 1),
+    ]
+    window_keys = [
+        keys.settled(reservation.model_key, token, reservation.tenant),
         keys.reservation(reservation.model_key, reservation.id, reservation.tenant),
-        *(
-            window_key(keys, reservation.model_key, name, reservation.tenant if name.startswith("tenant.") else None)
-            for name in names
-        ),
-    )
+    ]
+    for name, bucket, charged, window_ms, bucket_ms in reservation.charges:
+        amount = tokens if name.endswith("tokens_per_minute") else requests
+        args += [name, bucket, charged, window_ms, bucket_ms, amount]
+        tenant = reservation.tenant if name.startswith("tenant.") else None
+        window_keys.append(window_key(keys, reservation.model_key, name, tenant))
     usage = None
     if model is not None and not release:
         usage = Usage.of(model, used_in, used_out, bool(success), latency_ms, reservation.tenant)

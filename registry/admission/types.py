@@ -119,6 +119,11 @@ class Reservation(msgspec.Struct, frozen=True, array_like=True):
     token: str = ""
     # The budget periods holding this request's estimate: (scope, period, index) each.
     budgets: tuple[tuple[str, str, int], ...] = ()
+    # When the windows admitted it (the server's ms), for how long it may be settled, and what
+    # each limit was charged: (limit name, bucket index, amount, window_ms, bucket_ms).
+    at_ms: int = 0
+    ttl_ms: int = 0
+    charges: tuple[tuple[str, int, int, int, int], ...] = ()
 
     @staticmethod
     def new_id() -> str:
