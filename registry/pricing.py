@@ -123,6 +123,49 @@ def check_tokens(name: str, value: int) -> int:
     return _tokens(name, value)
 
 
+# What _plain needs of a price pair: both prices as integers over one power of ten, that
+# exponent, and per's. Keyed by the price objects' ids, which the entry keeps alive (so no
+# other object can take an id while it is cached): equal Decimals may differ in exponent
+# (0, 0.000 and 0E+3), which the result keeps, so equality is not enough.
+_SCALED: dict[tuple[int, int, int], tuple[Decimal, Decimal, int, int, int, int]] = {}
+_MAX_SCALED = 4096
+
+
+def _scaled(cost: Cost) -> tuple[Decimal, Decimal, int, int, int, int]:
+    key = (id(cost.input), id(cost.output), cost.per)
+    found = _SCALED.get(key)
+    if found is None:
+        if len(_SCALED) >= _MAX_SCALED:
+            _SCALED.clear()
+        i, o = cost.input.as_tuple(), cost.output.as_tuple()
+        assert isinstance(i.exponent, int)  # finite: the model checks
+        assert isinstance(o.exponent, int)
+        exponent = min(i.exponent, o.exponent)
+        ci, co = int("".join(map(str, i.digits))), int("".join(map(str, o.digits)))
+        a, b = ci * 10 ** (i.exponent - exponent), co * 10 ** (o.exponent - exponent)
+        found = _SCALED[key] = (cost.input, cost.output, a, b, exponent, len(str(cost.per)) - 1)
+    return found
+
+
+def _plain(cost: Cost, input_tokens: int, output_tokens: int) -> Decimal:
+    """(input_tokens x input + output_tokens x output) / per in integers, the very Decimal (value
+    and exponent) that Decimal's own multiply, add and divide give, in a third of their time.
+
+    The sum is an integer over 10^exponent; dividing by per = 10^k moves the exponent down by k,
+    and Decimal's exact division keeps the exponent closest to the sum's own: it drops up to k
+    trailing zeros of the coefficient (all of them for zero)."""
+    _, _, a, b, exponent, k = _scaled(cost)
+    n = input_tokens * a + output_tokens * b
+    dropped = 0
+    if n == 0:
+        dropped = k
+    else:
+        while dropped < k and n % 10 == 0:
+            n //= 10
+            dropped += 1
+    return Decimal(n).scaleb(exponent - k + dropped, _EXACT)
+
+
 def price(
     cost: Cost,
     input_tokens: int,
@@ -135,8 +178,7 @@ def price(
     c = _EXACT
     if not (cost.tiers or cached_input_tokens or cache_write_tokens or reasoning_tokens):
         # The common request: base prices, plain tokens (the same sums as below, fewer steps).
-        total = c.add(c.multiply(Decimal(input_tokens), cost.input), c.multiply(Decimal(output_tokens), cost.output))
-        total = c.divide(total, Decimal(cost.per))
+        total = _plain(cost, input_tokens, output_tokens)
         return c.add(total, cost.per_request) if cost.per_request else total
     rates = rates_for(cost, input_tokens)
     plain = input_tokens - cached_input_tokens - cache_write_tokens

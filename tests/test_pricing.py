@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import decimal
 from decimal import Decimal
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from registry import ConfigError, Cost
 from registry.pricing import estimate, rates_for
@@ -179,3 +182,57 @@ def test_a_per_request_fee_is_added_once_undivided() -> None:
     assert estimate(c, 500, 1000) == D("0.0078")
     assert not c.is_free
     assert estimate(cost(input="0", output="0", per_request="0"), 1, 1) == 0
+
+
+# -- the integer fast path of a plain request ----------------------------------------------------
+
+# Prices as a catalog holds them (0 to 10^9): a coefficient over a power of ten, fine or coarse.
+_PRICES = st.one_of(
+    st.builds(lambda n, e: Decimal(n).scaleb(e), st.integers(0, 10**9), st.integers(-15, 0)),
+    st.builds(lambda n, e: Decimal(n).scaleb(e), st.integers(0, 1000), st.integers(1, 6)),
+)
+
+
+@given(
+    input_price=_PRICES,
+    output_price=_PRICES,
+    per=st.sampled_from([1, 1000, 1_000_000]),
+    input_tokens=st.integers(0, 10**9),
+    output_tokens=st.integers(0, 10**9),
+)
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_a_plain_request_costs_the_very_decimal_decimal_arithmetic_gives(
+    input_price: Decimal, output_price: Decimal, per: int, input_tokens: int, output_tokens: int
+) -> None:
+    """The fast path computes in integers; its result must be Decimal's own, digit for digit
+    (value and exponent: ``str`` shows both), as the multiply, add and divide it replaces."""
+    cost = Cost(input=input_price, output=output_price, per=per)
+    c = decimal.Context(prec=1000, traps=[decimal.Inexact])
+    slow = c.divide(
+        c.add(c.multiply(Decimal(input_tokens), cost.input), c.multiply(Decimal(output_tokens), cost.output)),
+        Decimal(per),
+    )
+    fast = estimate(cost, input_tokens, output_tokens)
+    assert fast == slow
+    assert str(fast) == str(slow)
+    assert fast.as_tuple() == slow.as_tuple()
+
+
+@pytest.mark.parametrize(
+    ("prices", "tokens", "expected"),
+    [
+        (("2.5", "10"), (12_000, 800), "0.038"),
+        (("0", "0"), (5, 5), "0"),
+        (("1E+1", "3.00"), (0, 0), "0.00"),
+        (("1E+1", "3.00"), (1, 0), "0.00001"),
+        (("30", "60"), (1_000_000, 1_000_000), "90"),
+        # equal prices of other exponents give results of other exponents, as Decimal does
+        (("0", "0"), (0, 0), "0"),
+        (("0.000", "0"), (0, 0), "0.000"),
+        (("0E+3", "0E+3"), (0, 0), "0E+3"),
+        (("0E+3", "0E+3"), (7, 9), "0E+3"),
+    ],
+)
+def test_plain_prices_worked_by_hand(prices: tuple[str, str], tokens: tuple[int, int], expected: str) -> None:
+    cost = Cost(input=Decimal(prices[0]), output=Decimal(prices[1]))
+    assert str(estimate(cost, *tokens)) == expected
