@@ -3,13 +3,14 @@
     python benchmarks/lua_floor.py [--calls 3000] [--reps 5] [--redis-url URL]
 
 Each row is the median, over --reps runs of --calls calls, of INFO commandstats' usec_per_call
-for EVALSHA (CONFIG RESETSTAT before each run), every call with a new reservation key as a real
-acquire makes. Rows: a script that returns 1 given 1 key and no args, then acquire's 5 keys and
-21 args; a bare script doing acquire's Redis calls (3 HMGET, 3 HSET, 1 SET) with no checks;
+for EVALSHA (CONFIG RESETSTAT before each run), every call with a new token as a real acquire
+makes. Rows: a script that returns 1 given 1 key and no args, then acquire's 5 keys and
+21 args; a bare script doing acquire's Redis calls (TIME, 3 HMGET, 3 HSET) with no checks;
 acquire.lua cut short after its header checks, its argument checks and its window reads; and
 acquire.lua itself with 3 limits; and one call of 256 requests merged, as the asyncio client
-sends concurrent acquires (its time divided by 256). The differences say what the arguments, the Redis calls and
-the checks and formatting cost.
+sends concurrent acquires (its time divided by 256); then Lua's building blocks one by one
+(tonumber, a table, string.format, a function call, TIME, an HMGET). The differences say what
+the arguments, the Redis calls and the checks and formatting cost.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import redis
 from registry import embedded, scripts
 
 BARE = r"""
-local now = tonumber(ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000
 local out = {1, now}
 for i = 1, 3 do
   local key = KEYS[i]
@@ -34,7 +36,6 @@ for i = 1, 3 do
   redis.call('HSET', key, field, (tonumber(m[3]) or 0) + 1, '_sum', sum)
   out[#out + 1] = sum
 end
-redis.call('SET', KEYS[5], ARGV[2], 'PX', 3600000)
 return out
 """
 WINDOWS = ["{lf:adm:m}:w:rpm", "{lf:adm:m}:w:tpm", "{lf:adm:m}:w:rpd"]
@@ -47,6 +48,23 @@ LIMITS = [
 COSTS = [1, 1_200, 1]
 MERGED = 256  # requests in one call, as the asyncio client merges concurrent acquires
 
+
+# Lua's building blocks, each done ten times in a script given acquire's keys and arguments:
+# (its time - "return 1"'s) / 10 is what one costs inside Redis.
+BLOCKS = (
+    ("tonumber(ARGV[i])", "local s = 0 for i = 1, 10 do s = s + tonumber(ARGV[1]) end return 1"),
+    (
+        "a table of 8 fields",
+        "local t for i = 1, 10 do t = {a = i, b = i, c = i, d = i, e = i, f = i, g = i, h = i} end return 1",
+    ),
+    ("string.format('%d', n)", "local t for i = 1, 10 do t = string.format('%d', 1700000000 + i) end return 1"),
+    ("a Lua function call", "local function f(v) return v end local s = 0 for i = 1, 10 do s = s + f(i) end return 1"),
+    ("redis.call('TIME')", "for i = 1, 10 do redis.call('TIME') end return 1"),
+    (
+        "HMGET of 3 fields (empty hash)",
+        "for i = 1, 10 do redis.call('HMGET', KEYS[1], '_sum', '_low', '1700000000') end return 1",
+    ),
+)
 
 # acquire.lua cut short after each of its stages (the comment that opens the next stage marks
 # the cut), returning at once: what the checks and the reads cost on their own.
@@ -109,17 +127,23 @@ def main() -> None:
     rows = [
         ("return 1: 1 key, no args", "return 1", plain, 1),
         ("return 1: acquire's 5 keys, 21 args", "return 1", wide, 1),
-        ("bare: 3 HMGET, 3 HSET, 1 SET, no checks", BARE, wide, 1),
+        ("bare: TIME, 3 HMGET, 3 HSET, no checks", BARE, wide, 1),
         *((f"acquire.lua {label}", part, acquire, 1) for label, part in _prefixes(source)),
         ("acquire.lua, 3 limits", source, acquire, 1),
         (f"acquire.lua, {MERGED} requests merged", source, merged, MERGED),
     ]
     try:
+        base = 0.0
         for name, source, make, per in rows:
             r.flushall()
             calls = max(10, args.calls // per)
             us = server_us(r, source, make, calls, args.reps) / per
+            base = us if make is wide and source == "return 1" else base
             print(f"{name:46s} {us:7.2f} us per {'request' if per > 1 else 'call'}", flush=True)
+        print("building blocks, one of each (over 'return 1' with acquire's keys and args):")
+        for name, source in BLOCKS:
+            us = (server_us(r, source, wide, args.calls, args.reps) - base) / 10
+            print(f"  {name:44s} {us:7.2f} us", flush=True)
     finally:
         if server:
             server.stop()
