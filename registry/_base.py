@@ -29,7 +29,6 @@ from registry.keys import DEFAULT_NAMESPACE, Keys
 from registry.ledger import ops as ledger
 from registry.ledger.ops import UsageRecord
 from registry.models import ModelSpec, parse_model_key
-from registry.scripts import LuaScript, load
 from registry.versions import compare_versions as _compare_versions
 
 log = logging.getLogger("registry")
@@ -70,7 +69,6 @@ class RegistryBase:
         self.refresh_interval = float(refresh_interval)
         self._owns_client = owns_client
         self._snapshot: Snapshot | None = None
-        self._scripts: dict[str, Any] = {}
         # The channel the watcher follows (an attribute so tests can mute notices).
         self._channel = self.keys.changes_channel
         self.shadow = shadow
@@ -85,14 +83,6 @@ class RegistryBase:
         self._offset_ms = 0  # the server's clock minus ours, learned from the ledger's replies
         self._sleep: Callable[[float], None] = time.sleep
         self._asleep: Callable[[float], Awaitable[None]] = asyncio.sleep
-
-    def _script(self, name: str) -> Any:
-        """redis-py's Script object for ``name``, registered once per client (reloads on NOSCRIPT)."""
-        script = self._scripts.get(name)
-        if script is None:
-            lua: LuaScript = load(name)
-            script = self._scripts[name] = self.redis.register_script(lua.source)
-        return script
 
     @property
     def revision(self) -> int:

@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any
 
 import redis
+from redis.exceptions import NoScriptError
 
 from registry import _core
 from registry._base import DEFAULT_REFRESH_INTERVAL, RegistryBase, check_url, estimate_from, log
@@ -27,7 +28,7 @@ from registry.catalog.codec import CatalogEntry
 from registry.catalog.search import SearchQuery
 from registry.catalog.snapshot import Snapshot
 from registry.catalog.sync import SyncPlan
-from registry.errors import ModelNotFoundError, RegistryError, map_redis_errors
+from registry.errors import ModelNotFoundError, RegistryError, map_redis_errors, redis_error
 from registry.events import Callback, Event, Follower, Subscription, event_types, recent_events
 from registry.keys import DEFAULT_NAMESPACE
 from registry.ledger import stats as ledger_stats
@@ -37,6 +38,7 @@ from registry.ledger.ops import LATENCY_EDGES_MS, UsageRecord
 from registry.ledger.stats import Statistics
 from registry.ledger.view import FleetView
 from registry.models import ModelSpec
+from registry.scripts import load
 
 __all__ = ["Registry"]
 
@@ -112,9 +114,24 @@ class Registry(RegistryBase):
     # -- I/O ------------------------------------------------------------------------------------
 
     def _execute(self, request: _core.Request) -> Any:
+        if type(request) is _core.Script:
+            # The hot path (every acquire): EVALSHA on the client itself, without redis-py's
+            # Script wrapper or a context manager around it.
+            lua = load(request.name)
+            try:
+                try:
+                    return self.redis.execute_command(
+                        "EVALSHA", lua.sha, len(request.keys), *request.keys, *request.args
+                    )
+                except NoScriptError:  # a new server, or SCRIPT FLUSH: load it and go again
+                    self.redis.script_load(lua.source)
+                    return self.redis.execute_command(
+                        "EVALSHA", lua.sha, len(request.keys), *request.keys, *request.args
+                    )
+            except redis.exceptions.RedisError as exc:
+                raise redis_error(exc) from exc
         with map_redis_errors():
-            if isinstance(request, _core.Script):
-                return self._script(request.name)(keys=request.keys, args=request.args)
+            assert isinstance(request, _core.Commands)
             pipe = self.redis.pipeline(transaction=request.transaction)
             for command in request.commands:
                 pipe.execute_command(*command)

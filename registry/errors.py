@@ -108,17 +108,22 @@ class ScriptError(BackendError):
     """A Lua script raised an error or returned a reply of the wrong shape."""
 
 
+def redis_error(exc: redis.exceptions.RedisError) -> BackendError:
+    """The error of this library's tree that stands for a redis-py exception (raise it ``from`` it)."""
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        return BackendUnavailable(f"Redis unavailable: {exc}")
+    if isinstance(exc, redis.exceptions.ResponseError):
+        message = str(exc)
+        if "ERR_" in message or "script" in message.lower():
+            return ScriptError(message)
+        return BackendError(message)
+    return BackendError(str(exc))
+
+
 @contextmanager
 def map_redis_errors() -> Iterator[None]:
     """Translate redis-py exceptions into this library's tree, keeping the cause."""
     try:
         yield
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-        raise BackendUnavailable(f"Redis unavailable: {exc}") from exc
-    except redis.exceptions.ResponseError as exc:
-        message = str(exc)
-        if "ERR_" in message or "script" in message.lower():
-            raise ScriptError(message) from exc
-        raise BackendError(message) from exc
     except redis.exceptions.RedisError as exc:
-        raise BackendError(str(exc)) from exc
+        raise redis_error(exc) from exc
