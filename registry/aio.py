@@ -78,7 +78,7 @@ class AsyncRegistry(RegistryBase):
             usage_event_rate=usage_event_rate,
         )
         self._lock: asyncio.Lock | None = None
-        self._batcher = ScriptBatcher(client, map_redis_errors)
+        self._batcher = ScriptBatcher(client)
         self._closed = False
         self._watcher: asyncio.Task[None] | None = None
 

@@ -1,13 +1,17 @@
-"""Auto-batching for the asyncio client: script calls made at the same time share one round trip.
+"""Auto-batching: script calls made at the same time share one round trip.
 
-A worker process serving hundreds of concurrent requests would otherwise pay one round trip per
-acquire, each waiting for a pool connection. Here every script call of an event-loop turn joins
-a queue; the first one schedules a flush for the next turn, which sends the whole queue as one
-pipeline (no MULTI: each script stays its own atomic unit, so every decision is as exact as when
-sent alone) and hands each caller its own reply or error. Acquires of the same model and limits
-in one pipeline go as one script call, which takes them in order: one read and one write of each
-window for the lot, instead of one per request. Calls made while a pipeline is in
+A worker serving many concurrent requests would otherwise pay one round trip per acquire, each
+waiting for a pool connection. Here concurrent script calls join a queue that goes to Redis as
+one pipeline (no MULTI: each script stays its own atomic unit, so every decision is as exact as
+when sent alone), and each caller gets its own reply or error. Acquires of the same model and
+limits in one pipeline go as one script call, which takes them in order: one read and one write
+of each window for the lot, instead of one per request. Calls made while a pipeline is in
 flight wait for the next one, so batches grow with the load and a lone call is sent at once.
+
+Two front ends share the batch itself (:func:`batch_flow`, no I/O): :class:`ScriptBatcher` for
+the asyncio client (the calls of one event-loop turn) and :class:`ThreadBatcher` for the
+blocking client (the calls of threads sharing it: the first caller sends, those who come while
+it waits queue up, and the next pipeline is sent by one of them).
 
 Redis Cluster cannot run scripts in a pipeline; the cluster work will group batches by node.
 """
@@ -15,33 +19,90 @@ Redis Cluster cannot run scripts in a pipeline; the cluster work will group batc
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import os
+import threading
+from collections.abc import Callable, Generator
 from typing import Any
 
+import redis
 import redis.asyncio as aredis
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 
 from registry._core import Script
 from registry.admission.ops import acquire_group, merge_acquires, split_acquires
-from registry.errors import ScriptError
+from registry.errors import ScriptError, redis_error
 from registry.scripts import load
 
-__all__ = ["ScriptBatcher"]
+__all__ = ["ScriptBatcher", "ThreadBatcher", "batch_flow"]
 
-MAX_BATCH = 512  # scripts per pipeline: bounds a reply's size and a late caller's wait
+MAX_BATCH = 512  # calls per pipeline: bounds a reply's size and a late caller's wait
+
+BatchFlow = Generator[list[Script], list[Any], list[Any]]
 
 
-class ScriptBatcher:
-    """Sends the :class:`Script` calls of one client in pipelines; see the module docstring."""
+def batch_flow(requests: list[Script]) -> BatchFlow:
+    """The replies of ``requests``, each as if sent alone: yields the script calls to send as
+    one pipeline (acquires of the same model and limits merged into one call each, see
+    :func:`~registry.admission.ops.merge_acquires`) and receives their replies (an exception
+    instance for a call that failed); a merged call that failed is sent again as its single
+    calls, so that a bad one fails alone."""
+    units: list[list[int]] = []
+    groups: dict[Any, list[int]] = {}
+    for i, request in enumerate(requests):
+        group = acquire_group(request)
+        unit = None if group is None else groups.get(group)
+        if unit is None:
+            unit = [i]
+            units.append(unit)
+            if group is not None:
+                groups[group] = unit
+        else:
+            unit.append(i)
+    scripts = [requests[u[0]] if len(u) == 1 else merge_acquires([requests[i] for i in u]) for u in units]
+    out: list[Any] = [None] * len(requests)
+    alone: list[int] = []
+    for unit, reply in zip(units, (yield scripts), strict=True):
+        if len(unit) == 1:
+            out[unit[0]] = reply
+        elif isinstance(reply, BaseException):
+            alone.extend(unit)
+        else:
+            try:
+                parts = split_acquires(reply, len(unit))
+            except ScriptError as exc:
+                parts = [exc] * len(unit)
+            for i, part in zip(unit, parts, strict=True):
+                out[i] = part
+    if alone:
+        for i, reply in zip(alone, (yield [requests[i] for i in alone]), strict=True):
+            out[i] = reply
+    return out
 
-    def __init__(self, client: aredis.Redis, errors: Callable[[], Any]) -> None:
-        self.client = client
-        self._errors = errors  # a context manager translating redis errors (map_redis_errors)
-        self._queue: list[tuple[Script, asyncio.Future[Any]]] = []
-        self._flushing: asyncio.Task[None] | None = None
-        self.batches = 0  # pipelines sent, for tests and benchmarks
+
+def _replies(replies: list[Any]) -> list[Any]:
+    """A pipeline's replies with redis-py's errors as this library's."""
+    return [redis_error(r) if isinstance(r, redis.exceptions.RedisError) else r for r in replies]
+
+
+def _missing(replies: list[Any]) -> list[int]:
+    return [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+
+
+class _Counters:
+    def __init__(self) -> None:
+        self.batches = 0  # pipelines of calls, for tests and benchmarks
         self.calls = 0
         self.scripts = 0  # script calls sent: fewer than calls when acquires were merged
+
+
+class ScriptBatcher(_Counters):
+    """Sends the :class:`Script` calls of one asyncio client in pipelines (module docstring)."""
+
+    def __init__(self, client: aredis.Redis) -> None:
+        super().__init__()
+        self.client = client
+        self._queue: list[tuple[Script, asyncio.Future[Any]]] = []
+        self._flushing: asyncio.Task[None] | None = None
 
     async def call(self, request: Script) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -72,70 +133,160 @@ class ScriptBatcher:
                     future.set_result(reply)
 
     async def _send(self, requests: list[Script]) -> list[Any]:
-        """One pipeline for ``requests``, acquires of the same model and limits merged into one
-        script call each (see :func:`~registry.admission.ops.merge_acquires`); a merged call
-        that fails is sent again as its single calls, so that a bad one fails alone."""
         self.batches += 1
         self.calls += len(requests)
-        units: list[list[int]] = []
-        groups: dict[Any, list[int]] = {}
-        for i, request in enumerate(requests):
-            group = acquire_group(request)
-            unit = None if group is None else groups.get(group)
-            if unit is None:
-                unit = [i]
-                units.append(unit)
-                if group is not None:
-                    groups[group] = unit
-            else:
-                unit.append(i)
-        scripts = [requests[u[0]] if len(u) == 1 else merge_acquires([requests[i] for i in u]) for u in units]
-        self.scripts += len(scripts)
-        out: list[Any] = [None] * len(requests)
-        alone: list[int] = []
-        for unit, reply in zip(units, await self._run(scripts), strict=True):
-            if len(unit) == 1:
-                out[unit[0]] = reply
-            elif isinstance(reply, BaseException):
-                alone.extend(unit)
-            else:
-                try:
-                    parts = split_acquires(reply, len(unit))
-                except ScriptError as exc:
-                    parts = [exc] * len(unit)
-                for i, part in zip(unit, parts, strict=True):
-                    out[i] = part
-        if alone:
-            self.scripts += len(alone)
-            for i, reply in zip(alone, await self._run([requests[i] for i in alone]), strict=True):
-                out[i] = reply
-        return out
+        flow = batch_flow(requests)
+        try:
+            scripts = next(flow)
+            while True:
+                scripts = flow.send(await self._run(scripts))
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
 
     async def _run(self, requests: list[Script]) -> list[Any]:
         """One pipeline of EVALSHAs; scripts Redis does not know yet are loaded and sent again."""
-        replies = await self._pipeline(requests)
-        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-        if missing:
-            for name in {requests[i].name for i in missing}:
-                with self._errors():
+        self.scripts += len(requests)
+        try:
+            replies = await self._pipeline(requests)
+            missing = _missing(replies)
+            if missing:
+                for name in {requests[i].name for i in missing}:
                     await self.client.script_load(load(name).source)
-            again = await self._pipeline([requests[i] for i in missing])
-            for i, reply in zip(missing, again, strict=True):
-                replies[i] = reply
-        out: list[Any] = []
-        for reply in replies:
-            if isinstance(reply, ResponseError):
-                try:
-                    with self._errors():
-                        raise reply
-                except BaseException as mapped:
-                    reply = mapped
-            out.append(reply)
-        return out
+                again = await self._pipeline([requests[i] for i in missing])
+                for i, reply in zip(missing, again, strict=True):
+                    replies[i] = reply
+        except redis.exceptions.RedisError as exc:
+            raise redis_error(exc) from exc
+        return _replies(replies)
 
     async def _pipeline(self, requests: list[Script]) -> list[Any]:
-        with self._errors():
-            pipe = self.client.pipeline(transaction=False)
-            for request in requests:
-                pipe.evalsha(load(request.name).sha, len(request.keys), *request.keys, *request.args)
-            return list(await pipe.execute(raise_on_error=False))
+        pipe = self.client.pipeline(transaction=False)
+        for request in requests:
+            pipe.evalsha(load(request.name).sha, len(request.keys), *request.keys, *request.args)
+        return list(await pipe.execute(raise_on_error=False))
+
+
+_forks = [0]  # forks this process descends from: a ThreadBatcher made before one starts afresh
+os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
+
+
+class _Slot:
+    """One waiting call of a :class:`ThreadBatcher`."""
+
+    __slots__ = ("done", "error", "lead", "reply", "request")
+
+    def __init__(self, request: Script) -> None:
+        self.request = request
+        self.done = threading.Event()
+        self.lead = False  # woken to send the next pipeline, not with a reply
+        self.reply: Any = None
+        self.error: BaseException | None = None
+
+    def outcome(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.reply
+
+
+class ThreadBatcher(_Counters):
+    """Sends the :class:`Script` calls of threads sharing one blocking client in pipelines.
+
+    A call with nothing in flight goes at once, alone, as it would without this class. Calls
+    made while one is in flight wait; when it returns, the longest-waiting one is woken to send
+    every waiting call as one pipeline (the group commit of databases), so no caller ever waits
+    for more than the round trip in flight and its own.
+    """
+
+    def __init__(self, send: Callable[[Script], Any], client: redis.Redis) -> None:
+        super().__init__()
+        self._send_one = send  # the client's own path for a single call (errors translated)
+        self.client = client
+        self._lock = threading.Lock()
+        self._waiting: list[_Slot] = []
+        self._busy = False
+        self._forks = _forks[0]
+
+    def call(self, request: Script) -> Any:
+        if self._forks != _forks[0]:  # a forked child: the parent's threads did not come along
+            self._lock, self._waiting, self._busy, self._forks = threading.Lock(), [], False, _forks[0]
+        with self._lock:
+            alone = not self._busy
+            if alone:
+                self._busy = True
+            else:
+                slot = _Slot(request)
+                self._waiting.append(slot)
+        if alone:
+            try:
+                return self._send_one(request)
+            finally:
+                self._hand_over()
+        slot.done.wait()
+        if slot.lead:
+            self._lead()
+        return slot.outcome()
+
+    def _hand_over(self) -> None:
+        """Wake the longest-waiting caller to send what waits, or say that nothing is in flight."""
+        with self._lock:
+            if self._waiting:
+                first = self._waiting[0]
+                first.lead = True
+                first.done.set()
+            else:
+                self._busy = False
+
+    def _lead(self) -> None:
+        with self._lock:
+            batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+        try:
+            replies = self._send([slot.request for slot in batch])
+        except BaseException as exc:  # every caller of the batch gets it, this thread included
+            replies = [exc] * len(batch)
+        for slot, reply in zip(batch, replies, strict=True):
+            slot.lead = False
+            if isinstance(reply, BaseException):
+                slot.error = reply
+            else:
+                slot.reply = reply
+            slot.done.set()
+        self._hand_over()
+
+    def _send(self, requests: list[Script]) -> list[Any]:
+        self.batches += 1
+        self.calls += len(requests)
+        if len(requests) == 1:
+            self.scripts += 1
+            try:
+                return [self._send_one(requests[0])]
+            except Exception as exc:
+                return [exc]
+        flow = batch_flow(requests)
+        try:
+            scripts = next(flow)
+            while True:
+                scripts = flow.send(self._run(scripts))
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+    def _run(self, requests: list[Script]) -> list[Any]:
+        """One pipeline of EVALSHAs; scripts Redis does not know yet are loaded and sent again."""
+        self.scripts += len(requests)
+        try:
+            replies = self._pipeline(requests)
+            missing = _missing(replies)
+            if missing:
+                for name in {requests[i].name for i in missing}:
+                    self.client.script_load(load(name).source)
+                again = self._pipeline([requests[i] for i in missing])
+                for i, reply in zip(missing, again, strict=True):
+                    replies[i] = reply
+        except redis.exceptions.RedisError as exc:
+            raise redis_error(exc) from exc
+        return _replies(replies)
+
+    def _pipeline(self, requests: list[Script]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for request in requests:
+            pipe.evalsha(load(request.name).sha, len(request.keys), *request.keys, *request.args)
+        return list(pipe.execute(raise_on_error=False))

@@ -20,6 +20,7 @@ from registry._base import DEFAULT_REFRESH_INTERVAL, RegistryBase, check_url, es
 from registry.admission.route import Route
 from registry.admission.ticket import Admit
 from registry.admission.types import Decision, Reservation, check_tenant
+from registry.batching import ThreadBatcher
 from registry.budgets import ops as budget_ops
 from registry.budgets.types import DEFAULT_THRESHOLDS, Budget, BudgetStatus
 from registry.catalog import ops
@@ -81,6 +82,7 @@ class Registry(RegistryBase):
             usage_event_rate=usage_event_rate,
         )
         self._lock = threading.Lock()
+        self._batcher = ThreadBatcher(self._evalsha, client)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._watcher_pid = 0
@@ -115,27 +117,27 @@ class Registry(RegistryBase):
 
     def _execute(self, request: _core.Request) -> Any:
         if type(request) is _core.Script:
-            # The hot path (every acquire): EVALSHA on the client itself, without redis-py's
-            # Script wrapper or a context manager around it.
-            lua = load(request.name)
-            try:
-                try:
-                    return self.redis.execute_command(
-                        "EVALSHA", lua.sha, len(request.keys), *request.keys, *request.args
-                    )
-                except NoScriptError:  # a new server, or SCRIPT FLUSH: load it and go again
-                    self.redis.script_load(lua.source)
-                    return self.redis.execute_command(
-                        "EVALSHA", lua.sha, len(request.keys), *request.keys, *request.args
-                    )
-            except redis.exceptions.RedisError as exc:
-                raise redis_error(exc) from exc
+            # Threads sharing this client share round trips; a lone call goes straight to _evalsha.
+            return self._batcher.call(request)
         with map_redis_errors():
             assert isinstance(request, _core.Commands)
             pipe = self.redis.pipeline(transaction=request.transaction)
             for command in request.commands:
                 pipe.execute_command(*command)
             return pipe.execute()
+
+    def _evalsha(self, request: _core.Script) -> Any:
+        """One script call: EVALSHA on the client itself, without redis-py's Script wrapper or
+        a context manager around it (the hot path of every acquire)."""
+        lua, keys = load(request.name), request.keys
+        try:
+            try:
+                return self.redis.execute_command("EVALSHA", lua.sha, len(keys), *keys, *request.args)
+            except NoScriptError:  # a new server, or SCRIPT FLUSH: load it and go again
+                self.redis.script_load(lua.source)
+                return self.redis.execute_command("EVALSHA", lua.sha, len(keys), *keys, *request.args)
+        except redis.exceptions.RedisError as exc:
+            raise redis_error(exc) from exc
 
     def _run(self, flow: _core.Flow[Any]) -> Any:
         return _core.run(flow, self._execute)

@@ -193,3 +193,248 @@ def test_a_malformed_merged_reply_is_a_script_error(reply: Any) -> None:
 
     with pytest.raises(ScriptError):
         split_acquires(reply, 2)
+
+
+# -- threads sharing one blocking client ----------------------------------------------------------
+
+
+def _wait_until(check: Any, what: str) -> None:
+    """Poll a condition another thread makes true (a bounded wait, not a sleep hiding a race)."""
+    import time
+
+    deadline = time.monotonic() + 10
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.001)
+
+
+def _behind_a_held_call(
+    reg: Any, first: Any, rest: list[Any], before_release: Any = None, after_first: Any = None
+) -> None:
+    """Run ``first`` in a thread and hold its call in flight until every one of ``rest`` (run in
+    threads of their own) has queued behind it; then let it go and wait for all of them."""
+    import threading
+
+    gate, entered = threading.Event(), threading.Event()
+    real = reg._batcher._send_one
+
+    def held(request: Script) -> Any:
+        entered.set()
+        gate.wait()
+        reply = real(request)
+        if after_first is not None:
+            after_first()
+        return reply
+
+    reg._batcher._send_one = held
+    threads = [threading.Thread(target=first)]
+    threads[0].start()
+    entered.wait()
+    reg._batcher._send_one = real
+    threads += [threading.Thread(target=f) for f in rest]
+    for t in threads[1:]:
+        t.start()
+    _wait_until(lambda: len(reg._batcher._waiting) == len(rest), f"{len(rest)} queued calls")
+    if before_release is not None:
+        before_release()
+    gate.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+
+
+def test_threads_that_wait_behind_a_call_in_flight_go_as_one_merged_pipeline(redis_url: str) -> None:
+    """While one call is in flight, ten more queue; the longest-waiting sends them as one pipeline
+    in which the ten acquires are one script call, and each thread gets its own exact answer."""
+    from registry import Registry
+
+    reg = Registry.from_url(redis_url)
+    reg.register_model(model(rate_limit={"requests_per_minute": 8}))
+    reg.get_model("openai:gpt-4")
+    results: list[Any] = []
+
+    def ask() -> None:
+        results.append(reg.acquire("openai:gpt-4", 10, 10))
+
+    counted: list[tuple[int, int]] = []
+    _behind_a_held_call(reg, ask, [ask] * 10, lambda: counted.append((reg._batcher.batches, reg._batcher.scripts)))
+    assert (reg._batcher.batches - counted[0][0], reg._batcher.scripts - counted[0][1]) == (1, 1)
+    assert sum(d.allowed for d in results) == 8  # the limit, exactly
+    assert {d.remaining["requests_per_minute"] for d in results if d.allowed} == set(range(8))
+    assert {d.denied_by for d in results if not d.allowed} == {"requests_per_minute"}
+    assert not reg._batcher._busy
+    reg.close()
+
+
+def test_many_threads_on_one_client_admit_exactly_the_limit(redis_url: str) -> None:
+    """Sixteen threads, one client, requests of many sizes against a token limit: whatever the
+    batches turn out to be, what is admitted fits and nothing refused would have fit."""
+    import threading
+
+    from registry import Registry
+
+    reg = Registry.from_url(redis_url)
+    reg.register_model(model(rate_limit={"tokens_per_minute": 20_000}))
+    reg.get_model("openai:gpt-4")
+    sizes = [[(37 * t + 11 * i) % 300 + 1 for i in range(40)] for t in range(16)]
+    decisions: list[list[Any]] = [[] for _ in range(16)]
+    barrier = threading.Barrier(16)
+
+    def work(t: int) -> None:
+        barrier.wait()
+        decisions[t] = [reg.acquire("openai:gpt-4", size, 0) for size in sizes[t]]
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(16)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=60)
+    pairs = [(size, d) for t in range(16) for size, d in zip(sizes[t], decisions[t], strict=True)]
+    admitted = sum(size for size, d in pairs if d.allowed)
+    refused = [size for size, d in pairs if not d.allowed]
+    assert admitted <= 20_000
+    assert refused
+    assert min(refused) > 20_000 - admitted
+    assert not reg._batcher._busy
+    reg.close()
+
+
+def test_a_bad_call_among_waiting_threads_fails_alone(redis_url: str) -> None:
+    from registry import Registry
+
+    reg = Registry.from_url(redis_url, watch=False)
+    out: dict[str, Any] = {}
+
+    def run(token: str) -> Any:
+        keys = ("{t}:w", "{t}:d", f"{{t}}:r:{token}")
+        request = Script("acquire", keys, ("", "acquire", 1_000, 1, 1, "rpm", 10, 60_000, 1_000, token, 1))
+
+        def go() -> None:
+            try:
+                out[token] = reg._execute(request)
+            except Exception as exc:
+                out[token] = exc
+
+        return go
+
+    _behind_a_held_call(reg, run("first"), [run(token) for token in ("good-1", "bad token", "good-2")])
+    assert isinstance(out["bad token"], ScriptError)
+    assert [out[k][1] for k in ("first", "good-1", "good-2")] == [1, 1, 1]
+    assert sorted(out[k][5] for k in ("first", "good-1", "good-2")) == [7, 8, 9]
+    reg.close()
+
+
+def test_a_lost_connection_fails_every_waiting_thread_and_leaves_the_client_usable() -> None:
+    import threading
+
+    from registry import BackendUnavailable, Registry
+    from registry.embedded import free_port
+
+    reg = Registry.from_url(f"redis://127.0.0.1:{free_port()}/0", watch=False)
+    out: list[Any] = []
+    lock = threading.Lock()
+
+    def run() -> None:
+        try:
+            reg._execute(Script("acquire", ("{x}:d", "{x}:r"), ("", "peek", 1, 0, 1, "t")))
+        except Exception as exc:
+            with lock:
+                out.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(out) == 8
+    assert all(isinstance(e, BackendUnavailable) for e in out)
+    assert not reg._batcher._busy
+    assert not reg._batcher._waiting
+    reg.close()
+
+
+def _acquire_in_child(reg: Any, out: Any) -> None:
+    out.put(reg.acquire("openai:gpt-4", 10, 10).allowed)
+
+
+def test_a_forked_child_uses_the_client_it_inherited(redis_url: str) -> None:
+    """The child starts a batcher of its own (the parent's threads, and a lock one of them may
+    have held at the fork, did not come along)."""
+    import multiprocessing as mp
+
+    from registry import Registry
+
+    reg = Registry.from_url(redis_url)
+    reg.register_model(model(rate_limit={"requests_per_minute": 10}))
+    assert reg.acquire("openai:gpt-4", 10, 10).allowed
+    reg._batcher._busy = True  # as if a thread of the parent were in flight at the fork
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_acquire_in_child, args=(reg, out))
+    child.start()
+    assert out.get(timeout=30) is True
+    child.join(timeout=30)
+    assert child.exitcode == 0
+    reg._batcher._busy = False
+    reg.close()
+
+
+def test_a_pipeline_of_waiting_threads_loads_scripts_redis_has_forgotten(redis_url: str) -> None:
+    from registry import Registry
+
+    reg = Registry.from_url(redis_url)
+    reg.register_model(model(rate_limit={"requests_per_minute": 100}))
+    reg.get_model("openai:gpt-4")
+    out: list[Any] = []
+
+    def ask() -> None:
+        out.append(reg.acquire("openai:gpt-4", 1, 1))
+
+    r = redis.Redis.from_url(redis_url)
+    _behind_a_held_call(reg, ask, [ask] * 3, after_first=r.script_flush)
+    assert [d.allowed for d in out] == [True] * 4
+    assert sorted(d.remaining["requests_per_minute"] for d in out) == [96, 97, 98, 99]
+    reg.close()
+
+
+def test_a_lone_waiting_call_that_fails_fails_alone(redis_url: str) -> None:
+    from registry import Registry
+
+    reg = Registry.from_url(redis_url, watch=False)
+    out: dict[str, Any] = {}
+
+    def run(name: str, request: Script) -> Any:
+        def go() -> None:
+            try:
+                out[name] = reg._execute(request)
+            except Exception as exc:
+                out[name] = exc
+
+        return go
+
+    good = Script(
+        "acquire", ("{y}:w", "{y}:d", "{y}:r:a"), ("", "acquire", 1_000, 1, 1, "rpm", 5, 60_000, 1_000, "a", 1)
+    )
+    bad = Script("acquire", ("{y}:d", "{y}:r"), ("", "grab", 1, 0, 1, "t"))
+    _behind_a_held_call(reg, run("good", good), [run("bad", bad)])
+    assert out["good"][1] == 1
+    assert isinstance(out["bad"], ScriptError)
+    reg.close()
+
+
+def test_a_merged_reply_of_the_wrong_shape_fails_each_of_its_calls() -> None:
+    from registry.batching import batch_flow
+
+    def call(token: str) -> Script:
+        return Script(
+            "acquire",
+            ("{z}:w", "{z}:d", f"{{z}}:r:{token}"),
+            ("", "acquire", 1, 1, 1, "rpm", 5, 60_000, 1_000, token, 1),
+        )
+
+    flow = batch_flow([call("a"), call("b")])
+    scripts = next(flow)
+    assert len(scripts) == 1  # merged
+    with pytest.raises(StopIteration) as stop:
+        flow.send([[1, 2, 3, 4]])  # not 1 + 2 x (4 + 1) values
+    assert all(isinstance(reply, ScriptError) for reply in stop.value.value)
