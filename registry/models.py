@@ -108,7 +108,19 @@ ModelId = Annotated[
     Field(description="The provider's own model name; no braces, whitespace or control characters."),
 ]
 Tag = Annotated[str, AfterValidator(_tag)]
-TenantName = Annotated[str, AfterValidator(lambda v: validate_name(v, what="tenant", max_length=MAX_TAG_LENGTH * 2))]
+
+
+def validate_tenant(value: str) -> str:
+    """A tenant name: a :func:`validate_name` without ``:`` either. A tenant's keys on a model
+    are ``...:t:<tenant>:<kind>:...``; with a colon, tenant ``x:r:y``'s window would be the key
+    of tenant ``x``'s record for request ``y:w:rpm``."""
+    validate_name(value, what="tenant", max_length=MAX_TAG_LENGTH * 2)
+    if ":" in value:
+        raise ValueError(f"tenant {value!r} contains ':', which separates the parts of Redis keys")
+    return value
+
+
+TenantName = Annotated[str, AfterValidator(validate_tenant)]
 CapabilityName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 Price = Annotated[
     Decimal,

@@ -13,7 +13,7 @@ from typing import Literal
 import msgspec
 
 from registry.errors import ConfigError
-from registry.models import MAX_TAG_LENGTH, ModelSpec, RateLimit, validate_name
+from registry.models import ModelSpec, RateLimit, validate_tenant
 
 __all__ = [
     "LIMIT_NAMES",
@@ -58,7 +58,7 @@ def check_tenant(tenant: str | None) -> str | None:
     if not isinstance(tenant, str) or tenant == "*":
         raise ConfigError(f"tenant must be a name, got {tenant!r}")
     try:
-        return validate_name(tenant, what="tenant", max_length=MAX_TAG_LENGTH * 2)
+        return validate_tenant(tenant)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
