@@ -26,13 +26,12 @@ from typing import Any
 
 import redis
 
+from benchmarks.reads import catalog_models
 from registry import Registry, embedded
 from registry.catalog import ops
-from registry.importers.litellm import import_litellm_map
 from registry.models import ModelSpec
 
 ROOT = Path(__file__).resolve().parent.parent
-LITELLM = ROOT.parent / "shared" / "data" / "litellm_model_prices.json"
 
 
 def timed(fn: Callable[[], Any], *, seconds: float = 1.0, min_runs: int = 5) -> dict[str, float]:
@@ -50,22 +49,6 @@ def timed(fn: Callable[[], Any], *, seconds: float = 1.0, min_runs: int = 5) -> 
         "p50_us": samples[len(samples) // 2] * 1e6,
         "p99_us": samples[min(len(samples) - 1, int(len(samples) * 0.99))] * 1e6,
     }
-
-
-def catalog_models(count: int) -> list[ModelSpec]:
-    models = import_litellm_map(LITELLM).models if LITELLM.exists() else []
-    while len(models) < count:
-        i = len(models)
-        models.append(
-            ModelSpec(
-                provider="synthetic",
-                id=f"m-{i}",
-                context_window=8192 + i,
-                cost={"input": f"{i % 50}.5", "output": f"{i % 70}.25"},
-                capabilities=["chat"] if i % 2 else ["chat", "vision"],
-            )
-        )
-    return models[:count]
 
 
 READER = r"""
@@ -131,7 +114,7 @@ def main() -> None:
         raw.flushall()
         results["floor: PING round trip"] = timed(raw.ping, seconds=args.seconds)
 
-        models = catalog_models(args.models)
+        models, _ = catalog_models(args.models)
         reg = Registry.from_url(url)
         t0 = time.perf_counter()
         reg.sync_models(models)

@@ -22,6 +22,7 @@ import asyncio
 import os
 import threading
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -37,15 +38,36 @@ __all__ = ["ScriptBatcher", "ThreadBatcher", "batch_flow"]
 
 MAX_BATCH = 512  # calls per pipeline: bounds a reply's size and a late caller's wait
 
-BatchFlow = Generator[list[Script], list[Any], list[Any]]
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """Load these scripts (SCRIPT LOAD of each source) before the next pipeline."""
+
+    sources: tuple[str, ...]
+
+
+Step = list[Script] | Load  # a pipeline of EVALSHAs to send, or scripts to load first
+BatchFlow = Generator[Step, Any, list[Any]]
+
+
+def _pipelined(requests: list[Script]) -> BatchFlow:
+    """The replies of one pipeline of ``requests`` (an exception instance of this library for a
+    call that failed); scripts Redis does not know yet are loaded and their calls sent again."""
+    replies = list((yield requests))
+    missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+    if missing:
+        yield Load(tuple(sorted({load(requests[i].name).source for i in missing})))
+        for i, reply in zip(missing, (yield [requests[i] for i in missing]), strict=True):
+            replies[i] = reply
+    return [redis_error(r) if isinstance(r, redis.exceptions.RedisError) else r for r in replies]
 
 
 def batch_flow(requests: list[Script]) -> BatchFlow:
-    """The replies of ``requests``, each as if sent alone: yields the script calls to send as
-    one pipeline (acquires of the same model and limits merged into one call each, see
-    :func:`~registry.admission.ops.merge_acquires`) and receives their replies (an exception
-    instance for a call that failed); a merged call that failed is sent again as its single
-    calls, so that a bad one fails alone."""
+    """The replies of ``requests``, each as if sent alone: yields the pipelines to send (acquires
+    of the same model and limits merged into one call each, see
+    :func:`~registry.admission.ops.merge_acquires`) and the scripts to load, and receives their
+    replies; a merged call that failed is sent again as its single calls, so that a bad one
+    fails alone. The I/O-free core of both batchers."""
     units: list[list[int]] = []
     groups: dict[Any, list[int]] = {}
     for i, request in enumerate(requests):
@@ -61,7 +83,7 @@ def batch_flow(requests: list[Script]) -> BatchFlow:
     scripts = [requests[u[0]] if len(u) == 1 else merge_acquires([requests[i] for i in u]) for u in units]
     out: list[Any] = [None] * len(requests)
     alone: list[int] = []
-    for unit, reply in zip(units, (yield scripts), strict=True):
+    for unit, reply in zip(units, (yield from _pipelined(scripts)), strict=True):
         if len(unit) == 1:
             out[unit[0]] = reply
         elif isinstance(reply, BaseException):
@@ -74,18 +96,16 @@ def batch_flow(requests: list[Script]) -> BatchFlow:
             for i, part in zip(unit, parts, strict=True):
                 out[i] = part
     if alone:
-        for i, reply in zip(alone, (yield [requests[i] for i in alone]), strict=True):
+        for i, reply in zip(alone, (yield from _pipelined([requests[i] for i in alone])), strict=True):
             out[i] = reply
     return out
 
 
-def _replies(replies: list[Any]) -> list[Any]:
-    """A pipeline's replies with redis-py's errors as this library's."""
-    return [redis_error(r) if isinstance(r, redis.exceptions.RedisError) else r for r in replies]
-
-
-def _missing(replies: list[Any]) -> list[int]:
-    return [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+def _evalshas(pipe: Any, requests: list[Script]) -> Any:
+    """``pipe`` (a pipeline of either client, without MULTI) with an EVALSHA per request."""
+    for request in requests:
+        pipe.evalsha(load(request.name).sha, len(request.keys), *request.keys, *request.args)
+    return pipe
 
 
 class _Counters:
@@ -137,33 +157,23 @@ class ScriptBatcher(_Counters):
         self.calls += len(requests)
         flow = batch_flow(requests)
         try:
-            scripts = next(flow)
+            step = next(flow)
             while True:
-                scripts = flow.send(await self._run(scripts))
+                try:
+                    if isinstance(step, Load):
+                        for source in step.sources:
+                            await self.client.script_load(source)
+                        reply: Any = None
+                    else:
+                        self.scripts += len(step)
+                        reply = await _evalshas(self.client.pipeline(transaction=False), step).execute(
+                            raise_on_error=False
+                        )
+                except redis.exceptions.RedisError as exc:
+                    raise redis_error(exc) from exc
+                step = flow.send(reply)
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
-
-    async def _run(self, requests: list[Script]) -> list[Any]:
-        """One pipeline of EVALSHAs; scripts Redis does not know yet are loaded and sent again."""
-        self.scripts += len(requests)
-        try:
-            replies = await self._pipeline(requests)
-            missing = _missing(replies)
-            if missing:
-                for name in {requests[i].name for i in missing}:
-                    await self.client.script_load(load(name).source)
-                again = await self._pipeline([requests[i] for i in missing])
-                for i, reply in zip(missing, again, strict=True):
-                    replies[i] = reply
-        except redis.exceptions.RedisError as exc:
-            raise redis_error(exc) from exc
-        return _replies(replies)
-
-    async def _pipeline(self, requests: list[Script]) -> list[Any]:
-        pipe = self.client.pipeline(transaction=False)
-        for request in requests:
-            pipe.evalsha(load(request.name).sha, len(request.keys), *request.keys, *request.args)
-        return list(await pipe.execute(raise_on_error=False))
 
 
 _forks = [0]  # forks this process descends from: a ThreadBatcher made before one starts afresh
@@ -263,30 +273,18 @@ class ThreadBatcher(_Counters):
                 return [exc]
         flow = batch_flow(requests)
         try:
-            scripts = next(flow)
+            step = next(flow)
             while True:
-                scripts = flow.send(self._run(scripts))
+                try:
+                    if isinstance(step, Load):
+                        for source in step.sources:
+                            self.client.script_load(source)
+                        reply: Any = None
+                    else:
+                        self.scripts += len(step)
+                        reply = _evalshas(self.client.pipeline(transaction=False), step).execute(raise_on_error=False)
+                except redis.exceptions.RedisError as exc:
+                    raise redis_error(exc) from exc
+                step = flow.send(reply)
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
-
-    def _run(self, requests: list[Script]) -> list[Any]:
-        """One pipeline of EVALSHAs; scripts Redis does not know yet are loaded and sent again."""
-        self.scripts += len(requests)
-        try:
-            replies = self._pipeline(requests)
-            missing = _missing(replies)
-            if missing:
-                for name in {requests[i].name for i in missing}:
-                    self.client.script_load(load(name).source)
-                again = self._pipeline([requests[i] for i in missing])
-                for i, reply in zip(missing, again, strict=True):
-                    replies[i] = reply
-        except redis.exceptions.RedisError as exc:
-            raise redis_error(exc) from exc
-        return _replies(replies)
-
-    def _pipeline(self, requests: list[Script]) -> list[Any]:
-        pipe = self.client.pipeline(transaction=False)
-        for request in requests:
-            pipe.evalsha(load(request.name).sha, len(request.keys), *request.keys, *request.args)
-        return list(pipe.execute(raise_on_error=False))
