@@ -97,14 +97,15 @@ end
 -- Count each window once. Fast path: the hash keeps `_sum` (what its live buckets hold) and
 -- `_low` (its oldest bucket); while that bucket is still in the window, nothing expired and
 -- the total is `_sum`. Otherwise (about once per bucket width) read every bucket, drop the
--- expired ones and recount. A refusal reads the buckets to find when the request fits.
+-- expired ones and recount. A refusal reads the buckets to find when the request fits. A field
+-- that is not a bucket (no script writes one: a hand edit) is dropped with the expired ones.
 local function buckets(l, key)
   local flat = redis.call('HGETALL', key)
   local older, expired, total, low = {}, {}, 0, nil
   for j = 1, #flat, 2 do
     if string.sub(flat[j], 1, 1) ~= '_' then
       local index, value = tonumber(flat[j]), tonumber(flat[j + 1])
-      if (index + 1) * l.bucket <= now - l.window then
+      if not index or not value or (index + 1) * l.bucket <= now - l.window then
         expired[#expired + 1] = flat[j]
       else
         if index ~= l.index then older[#older + 1] = {index, value} end
@@ -217,8 +218,12 @@ for j = 1, m do
   end
 end
 
-for _, w in ipairs(writes) do
-  redis.call('SET', w[1], w[2], 'PX', ttl)
+-- Writes. The denial counters (read by nothing above) go first: a key of the wrong type there
+-- fails the call before anything else is written; the records last, as SET never fails.
+for i = 1, n do
+  if limits[i].denied > 0 then
+    redis.call('HINCRBY', KEYS[n + 1], limits[i].name, limits[i].denied)
+  end
 end
 for i = 1, n do
   local l = limits[i]
@@ -249,8 +254,8 @@ for i = 1, n do
       redis.call('PEXPIRE', key, l.window + l.bucket)
     end
   end
-  if l.denied > 0 then
-    redis.call('HINCRBY', KEYS[n + 1], l.name, l.denied)
-  end
+end
+for _, w in ipairs(writes) do
+  redis.call('SET', w[1], w[2], 'PX', ttl)
 end
 return reply

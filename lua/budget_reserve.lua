@@ -32,6 +32,9 @@ local n = tonumber(ARGV[6])
 if not whole(n, 1, 16) or #KEYS ~= 1 + n or #ARGV ~= 6 + 4 * n then
   return redis.error_reply('ERR_ARGS expected n budgets: 1 + n keys and 6 + 4n args')
 end
+if not distinct_keys() then
+  return redis.error_reply('ERR_ARGS a key is given twice')
+end
 local mode, ttl, token, estimate = ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
 if mode ~= 'acquire' and mode ~= 'shadow' and mode ~= 'peek' then
   return redis.error_reply('ERR_ARGS unknown mode ' .. tostring(mode))
@@ -80,6 +83,11 @@ local held_by = mode ~= 'peek' and redis.call('HGET', KEYS[1], 'tok')
 if held_by then
   return reply(2, 0, 0, held_by)
 end
+-- Every spend hash is read before any is written: one of the wrong type fails the call here.
+local spent = {}
+for i = 1, n do
+  spent[i] = tonumber(redis.call('HGET', KEYS[1 + i], 'spent')) or 0
+end
 -- A refusal of an acquire is counted on the refusing budget's period (a peek writes nothing).
 local function denied(i)
   if mode == 'acquire' then
@@ -98,11 +106,10 @@ end
 local binding, wait = 0, 0
 for i = 1, n do
   local b = budgets[i]
-  local spent = tonumber(redis.call('HGET', KEYS[1 + i], 'spent')) or 0
   local held = live_held(KEYS[1 + i], now, mode ~= 'peek')
-  if spent + held + estimate > b.amount then
+  if spent[i] + held + estimate > b.amount then
     -- Sums of money below 2^53 are exact; a larger one is larger than any amount anyway.
-    local ms = (spent + estimate > b.amount) and (b.last - now) or 1000
+    local ms = (spent[i] + estimate > b.amount) and (b.last - now) or 1000
     if binding == 0 or ms > wait then
       binding, wait = i, ms
     end

@@ -31,6 +31,9 @@ local n = tonumber(ARGV[5])
 if not whole(n, 1, 16) or #KEYS ~= 2 + n or #ARGV ~= 9 + 6 * n then
   return redis.error_reply('ERR_ARGS expected n budgets: 2 + n keys and 9 + 6n args')
 end
+if not distinct_keys() then
+  return redis.error_reply('ERR_ARGS a key is given twice')
+end
 local token, mode, cost, cap = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[6])
 if mode ~= 'settle' and mode ~= 'release' and mode ~= 'spend' then
   return redis.error_reply('ERR_ARGS unknown mode ' .. tostring(mode))
@@ -75,10 +78,15 @@ if mode ~= 'spend' then
 end
 
 -- Nothing is written if a spend would pass what a Redis integer holds (2^63 - 1).
+local announces = false
 for i = 1, n do
   if (tonumber(redis.call('HGET', KEYS[1 + i], 'spent')) or 0) + tonumber(cost) >= 9.2e18 then
     return redis.error_reply('ERR_OVERFLOW spent of ' .. KEYS[1 + i] .. ' would overflow; nothing recorded')
   end
+  announces = announces or (budgets[i].amount ~= '' and #budgets[i].marks > 0)
+end
+if announces and mode ~= 'release' and cost ~= '0' then
+  redis.call('XLEN', KEYS[2 + n])  -- read before any write: a stream of the wrong type fails here
 end
 
 local raised = 0

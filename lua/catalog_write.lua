@@ -28,13 +28,19 @@ if #KEYS ~= 3 + n or #ARGV ~= 3 + 4 * n then
   return redis.error_reply('ERR_ARGS expected ' .. (3 + n) .. ' keys and ' .. (3 + 4 * n) .. ' args')
 end
 local cap = tonumber(ARGV[1])
-if not cap or cap < 1 then
-  return redis.error_reply('ERR_ARGS stream cap must be a positive integer')
+if not cap or cap < 1 or cap > 100000000 or cap % 1 ~= 0 then  -- (NaN fails the last test)
+  return redis.error_reply('ERR_ARGS stream cap must be an integer from 1 to 100000000')
 end
 
 -- 1. Check everything; write nothing yet.
 local writes = {}
-local seen = {}
+local seen = {}  -- every key once (a model's hash is not one of the catalog's own keys either)
+for k = 1, 3 do
+  if seen[KEYS[k]] then
+    return redis.error_reply('ERR_ARGS a key is given twice')
+  end
+  seen[KEYS[k]] = true
+end
 for i = 1, n do
   local base = 4 + 4 * (i - 1)
   local op, model, expected, body = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
@@ -56,6 +62,9 @@ for i = 1, n do
     if #fields == 0 then
       return redis.error_reply('ERR_ARGS write ' .. i .. ': no fields')
     end
+    if #fields > 2000 then  -- unpack() below takes at most a few thousand values
+      return redis.error_reply('ERR_ARGS write ' .. i .. ': more than 1000 fields')
+    end
   elseif op ~= 'delete' then
     return redis.error_reply('ERR_ARGS write ' .. i .. ': unknown op ' .. tostring(op))
   end
@@ -63,7 +72,7 @@ for i = 1, n do
     return redis.error_reply('ERR_ARGS write ' .. i .. ': empty model key')
   end
   if seen[hash] then
-    return redis.error_reply('ERR_ARGS write ' .. i .. ': the batch writes ' .. model .. ' twice')
+    return redis.error_reply('ERR_ARGS write ' .. i .. ': the key of ' .. model .. ' is given twice')
   end
   seen[hash] = true
   local current = tonumber(redis.call('HGET', hash, '_revision') or '0') or 0
@@ -86,13 +95,15 @@ for i = 1, n do
 end
 
 -- 2. Next revision; a missing meta hash (first write, or wiped) gets a new epoch, and a
---    revision that continues the stream (e.g. after the meta hash was deleted by hand).
+--    revision that continues the stream (e.g. after the meta hash was deleted by hand). The
+--    catalog's own keys are read first: one of the wrong type fails the call before any write.
 local now = redis.call('TIME')
+local top = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)[1]
+redis.call('ZCARD', KEYS[2])
 if redis.call('HEXISTS', KEYS[1], 'epoch') == 0 then
   redis.call('HSET', KEYS[1], 'epoch', now[1] .. '.' .. now[2])
 end
 local revision = redis.call('HINCRBY', KEYS[1], 'revision', 1)
-local top = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)[1]
 if top then
   local last = tonumber(string.match(top[1], '^(%d+)-'))
   if last and last >= revision then

@@ -29,6 +29,9 @@ local tenant = ARGV[8]
 if #ARGV < 8 or #ARGV % 2 ~= 0 or #KEYS ~= ((tenant == '') and 6 or 11) then
   return redis.error_reply('ERR_ARGS expected 6 keys (11 with a tenant) and 8 + 2k args')
 end
+if not distinct_keys() then
+  return redis.error_reply('ERR_ARGS a key is given twice')
+end
 local now, bad_now = clock(ARGV[1])
 if not now then
   return bad_now
@@ -48,6 +51,7 @@ end
 if not buckets_match(now, ARGV[2], ARGV[3], ARGV[4]) then
   return {2, now}
 end
+local new_tenant = check_notes(KEYS[2], cap, tenant, KEYS[11])
 local request_id = ARGV[6]
 if request_id ~= '' and not redis.call('SET', KEYS[1], now, 'NX', 'PX', ttl) then
   return {0, now}
@@ -59,5 +63,5 @@ if failed then
   end
   return failed
 end
-note_usage(KEYS[2], cap, request_id, tenant, KEYS[11], pairs_)
+note_usage(KEYS[2], cap, request_id, tenant, KEYS[11], pairs_, new_tenant)
 return {1, now}

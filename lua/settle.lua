@@ -46,6 +46,9 @@ local cap = with_ledger and tonumber(ARGV[11 + 6 * n])
 if not plain and not with_ledger then
   return redis.error_reply('ERR_ARGS expected n charges: 2 + n keys and 5 + 6n args (+ the ledger part)')
 end
+if not distinct_keys() then
+  return redis.error_reply('ERR_ARGS a key is given twice')
+end
 local token, at, ttl = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 if token == '' or #token > 64 or string.find(token, '[%s|]') then
   return redis.error_reply('ERR_ARGS token must be 1 to 64 characters, no spaces or |')
@@ -98,6 +101,8 @@ for _, c in ipairs(charges) do
   end
 end
 
+local new_tenant = usage and check_notes(KEYS[3 + n], cap, ARGV[12 + 6 * n], KEYS[12 + n])
+
 -- Once per acquire, and not after its TTL: the marker lives as long as the reservation would.
 local left = at + ttl - now
 if left <= 0 or not redis.call('SET', KEYS[1], '1', 'NX', 'PX', math.min(left, ttl)) then
@@ -111,7 +116,7 @@ if usage then
     redis.call('DEL', KEYS[1])
     return failed
   end
-  note_usage(KEYS[3 + n], cap, ARGV[10 + 6 * n], tenant, KEYS[12 + n], usage)
+  note_usage(KEYS[3 + n], cap, ARGV[10 + 6 * n], tenant, KEYS[12 + n], usage, new_tenant)
 end
 if string.sub(KEYS[2], -(#token + 3)) ~= ':r:' .. token then
   -- A caller-given id: free it, unless it now names a later acquire (this handle is stale).

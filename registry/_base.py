@@ -11,12 +11,18 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
+import redis
+import redis.asyncio as aredis
+import redis.asyncio.cluster as acluster
+import redis.cluster as rcluster
+from redis.crc import key_slot
+
 from registry._core import Flow
 from registry.admission import ops as admission
 from registry.admission import route as routing
 from registry.admission.ops import Mode, WindowPlan
 from registry.admission.route import Route
-from registry.admission.types import Decision, Reservation, check_tenant
+from registry.admission.types import Decision, Reservation, check_reservation, check_tenant
 from registry.budgets import ops as budget_ops
 from registry.budgets.periods import PERIODS
 from registry.budgets.types import Budget, BudgetStatus
@@ -25,8 +31,11 @@ from registry.catalog.ops import Write, coerce_model
 from registry.catalog.search import SearchQuery
 from registry.catalog.snapshot import Snapshot
 from registry.errors import ConfigError
+from registry.faults import FaultPolicy, Faults, FaultStats
+from registry.functions import ScriptsMode, check_mode
 from registry.keys import DEFAULT_NAMESPACE, Keys
 from registry.ledger import ops as ledger
+from registry.ledger import transfer
 from registry.ledger.ops import UsageRecord
 from registry.models import ModelSpec, parse_model_key
 from registry.versions import compare_versions as _compare_versions
@@ -36,13 +45,120 @@ log = logging.getLogger("registry")
 DEFAULT_REFRESH_INTERVAL = 0.5
 _MAX_PLANS = 10_000  # cached acquire plans per client (models x tenants), cleared when full
 USAGE_EVENTS_CAP = 10_000  # sampled usage records kept per model (approximate)
-_SCHEMES = ("redis://", "rediss://", "unix://")
+_CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")  # the schemes the `limits` library uses
+_SCHEMES = ("redis://", "rediss://", "unix://", *_CLUSTER_SCHEMES)
 
 
 def check_url(url: str) -> str:
     if not isinstance(url, str) or not url.startswith(_SCHEMES):
         raise ConfigError(f"Redis URL {url!r}: expected one of {', '.join(_SCHEMES)}")
     return url
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.startswith(_CLUSTER_SCHEMES)
+
+
+def connect(url: str, *, asyncio: bool = False, **options: Any) -> Any:
+    """A redis-py client for ``url`` (str replies): a cluster client for ``redis+cluster://``.
+
+    A cluster URL may name several seed nodes, ``redis+cluster://h1:7000,h2:7000``; the client
+    learns the rest of the cluster from whichever answers first.
+    """
+    check_url(url)
+    options.setdefault("decode_responses", True)
+    if not is_cluster_url(url):
+        single = aredis.Redis if asyncio else redis.Redis
+        return single.from_url(url, **options)
+    scheme, rest = url.split("+cluster://", 1)
+    netloc, slash, tail = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    seeds = [h for h in hosts.split(",") if h]
+    if not seeds:
+        raise ConfigError(f"Redis URL {url!r}: name at least one node, as host:port")
+    plain = f"{scheme}://{userinfo}{at}{seeds[0]}{slash}{tail}"
+    if asyncio:
+        nodes: list[Any] = [acluster.ClusterNode(*_host_port(url, s)) for s in seeds]
+        return acluster.RedisCluster.from_url(plain, startup_nodes=nodes, **options)
+    snodes = [rcluster.ClusterNode(*_host_port(url, s)) for s in seeds]
+    return rcluster.RedisCluster.from_url(plain, startup_nodes=snodes, **options)
+
+
+SCAN_COUNT = 1000  # keys asked for per SCAN page
+
+
+def one_slot(commands: Sequence[tuple[Any, ...]]) -> bool:
+    """Whether every command's key (its second word) hashes to one cluster slot: a cluster runs
+    MULTI/EXEC on one node only, so a transaction across slots is sent as a plain pipeline."""
+    return len({key_slot(str(command[1]).encode()) for command in commands if len(command) > 1}) <= 1
+
+
+CLUSTER_POLL_S = 0.1  # a follower's wait between reads when its streams span several cluster slots
+
+
+def cluster_commands(commands: Sequence[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], list[int], float]:
+    """``commands`` as a cluster can take them: an XREAD over streams of several slots (a catalog
+    follower reads the catalog's, each model's and each tenant's streams) becomes one XREAD per
+    slot, without BLOCK, since one connection cannot block on several nodes. Returns the commands
+    to send, how many of them each original command became, and how long the caller should wait
+    before reading again when nothing came (what BLOCK would have waited, capped)."""
+    out: list[tuple[Any, ...]] = []
+    counts: list[int] = []
+    wait_s = 0.0
+    for command in commands:
+        if command[0] != "XREAD":
+            out.append(command)
+            counts.append(1)
+            continue
+        at = command.index("STREAMS")
+        streams, ids = (
+            command[at + 1 :][: (len(command) - at - 1) // 2],
+            command[at + 1 :][(len(command) - at - 1) // 2 :],
+        )
+        by_slot: dict[int, list[tuple[Any, Any]]] = {}
+        for stream, entry_id in zip(streams, ids, strict=True):
+            by_slot.setdefault(key_slot(str(stream).encode()), []).append((stream, entry_id))
+        head = list(command[1:at])
+        if "BLOCK" in head and len(by_slot) > 1:
+            i = head.index("BLOCK")
+            wait_s = max(wait_s, min(int(head[i + 1]) / 1000, CLUSTER_POLL_S))
+            del head[i : i + 2]
+        if len(by_slot) <= 1:
+            out.append(command)
+            counts.append(1)
+            continue
+        for pairs in by_slot.values():
+            out.append(("XREAD", *head, "STREAMS", *(s for s, _ in pairs), *(i for _, i in pairs)))
+        counts.append(len(by_slot))
+    return out, counts, wait_s
+
+
+def cluster_replies(replies: Sequence[Any], counts: Sequence[int]) -> tuple[list[Any], bool]:
+    """The replies of :func:`cluster_commands`' commands folded back, one per original command
+    (a split XREAD's as one list of ``[stream, entries]`` pairs), and whether a split read
+    returned nothing at all."""
+    out: list[Any] = []
+    empty = True
+    at = 0
+    for n in counts:
+        if n == 1:
+            out.append(replies[at])
+        else:
+            pairs: list[Any] = []
+            for reply in replies[at : at + n]:
+                if reply:
+                    pairs += list(reply.items()) if isinstance(reply, Mapping) else list(reply)
+            empty = empty and not pairs
+            out.append(pairs)
+        at += n
+    return out, empty and any(n > 1 for n in counts)
+
+
+def _host_port(url: str, seed: str) -> tuple[str, int]:
+    host, _, port = seed.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"Redis URL {url!r}: node {seed!r} is not host:port")
+    return host.strip("[]"), int(port)
 
 
 class RegistryBase:
@@ -59,10 +175,13 @@ class RegistryBase:
         shadow: bool = False,
         cache_denials: bool = False,
         usage_event_rate: float = 0.0,
+        scripts: ScriptsMode = "eval",
+        fault_policy: FaultPolicy | None = None,
     ) -> None:
-        if refresh_interval <= 0:
+        if _not_a_number(refresh_interval) or not refresh_interval > 0:  # NaN too
             raise ConfigError(f"refresh_interval must be > 0 seconds, got {refresh_interval!r}")
         self.redis = redis
+        self.cluster = isinstance(redis, rcluster.RedisCluster | acluster.RedisCluster)
         self.keys = Keys(namespace)
         self.namespace = namespace
         self.watch = watch
@@ -73,9 +192,12 @@ class RegistryBase:
         self._channel = self.keys.changes_channel
         self.shadow = shadow
         self.cache_denials = cache_denials
-        if isinstance(usage_event_rate, bool) or not 0.0 <= usage_event_rate <= 1.0:
+        if _not_a_number(usage_event_rate) or not 0.0 <= usage_event_rate <= 1.0:
             raise ConfigError(f"usage_event_rate must be from 0 to 1, got {usage_event_rate!r}")
         self.usage_event_rate = float(usage_event_rate)
+        # How scripts run: EVALSHA (loaded on NOSCRIPT), or FCALL of the function library an
+        # admin loaded (registry/functions.py; what a worker whose ACL has no EVAL uses).
+        self.scripts: ScriptsMode = check_mode(scripts)
         self._denials: dict[tuple[str, str | None], tuple[float, Decision]] = {}
         self._plans: dict[tuple[str, str | None], WindowPlan] = {}
         self._plans_for: Snapshot | None = None
@@ -83,11 +205,30 @@ class RegistryBase:
         self._offset_ms = 0  # the server's clock minus ours, learned from the ledger's replies
         self._sleep: Callable[[float], None] = time.sleep
         self._asleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        # What happens while Redis is unavailable (registry/faults.py): the breaker every
+        # request passes (see _core.run), the local emergency cap, the usage spool.
+        self.fault_policy = FaultPolicy() if fault_policy is None else fault_policy
+        self._faults = Faults(self.fault_policy, namespace=namespace, clock=self._monotonic, on_close=self._recovered)
 
     @property
     def revision(self) -> int:
         """The catalog revision of the local copy (0 before the first read)."""
         return self._snapshot.revision if self._snapshot is not None else 0
+
+    # -- faults, shared by both clients (registry/faults.py) -----------------------------------
+
+    @property
+    def faults(self) -> FaultStats:
+        """Counters of the fault policy now: breaker state, fail-open admits, fail-closed
+        refusals, usage spooled, replayed and dropped, spool depth."""
+        return self._faults.stats()
+
+    def _monotonic(self) -> float:
+        """Seconds, for the breaker and the emergency windows (the testing clock when set)."""
+        return time.monotonic() if self._test_clock is None else self._test_clock() / 1000
+
+    def _recovered(self) -> None:
+        """The breaker closed with usage in the spool: each client replays it in the background."""
 
     # -- admission, shared by both clients ----------------------------------------------------
 
@@ -109,7 +250,9 @@ class RegistryBase:
             mode = "shadow"
         model = snapshot.get(self._key(model_key))
         tenant = check_tenant(tenant)
-        return admission.acquire(
+        budgets = snapshot.budgets_for(tenant, model)
+        plan = self._window_plan(snapshot, model, tenant)
+        flow = admission.acquire(
             self.keys,
             model,
             input_tokens,
@@ -118,9 +261,23 @@ class RegistryBase:
             request_id=request_id,
             mode=mode,
             now_ms=self._now_ms(),
-            budgets=snapshot.budgets_for(tenant, model),
+            budgets=budgets,
             predicted_ms=self._predicted_ms(),
-            plan=self._window_plan(snapshot, model, tenant),
+            plan=plan,
+        )
+        return self._faults.admitting(
+            flow,
+            model.key,
+            plan.limits,
+            plan.costs,
+            input_tokens=input_tokens,
+            max_output_tokens=max_output_tokens,
+            default_output=model.max_output_tokens or 0,
+            tenant=tenant,
+            request_id=request_id,
+            mode=mode,
+            budgeted=bool(budgets),
+            now_ms=self._predicted_ms,
         )
 
     def _window_plan(self, snapshot: Snapshot, model: ModelSpec, tenant: str | None) -> WindowPlan:
@@ -160,7 +317,7 @@ class RegistryBase:
             capability=capability,
             keys=candidates,
             max_cost=max_cost,
-            currency=currency.upper(),
+            currency=self._currency(currency),
             filters=filters,
         )
 
@@ -209,8 +366,8 @@ class RegistryBase:
     def _deadline(timeout: float | None) -> float | None:
         if timeout is None:
             return None
-        if timeout < 0:
-            raise ConfigError(f"timeout must be >= 0 seconds, got {timeout!r}")
+        if _not_a_number(timeout) or not timeout >= 0:  # NaN too
+            raise ConfigError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
         return time.monotonic() + timeout
 
     def _settle_flow(
@@ -224,25 +381,32 @@ class RegistryBase:
         release: bool = False,
     ) -> Flow[bool]:
         """Settle (recording the usage in the model's ledger, same script) or release."""
-        if latency_ms is not None and (isinstance(latency_ms, bool) or not latency_ms >= 0):
+        if latency_ms is not None and (_not_a_number(latency_ms) or not latency_ms >= 0):
             raise ConfigError(f"latency_ms must be a number >= 0, got {latency_ms!r}")
+        reservation = check_reservation(reservation)
         row = None if snapshot is None else snapshot.rows.get(getattr(reservation, "model_key", ""))
         tenant = getattr(reservation, "tenant", None) or ""
         tenant_budgets = () if snapshot is None else snapshot.budgets.get(tenant, ())
-        return admission.settle(
-            self.keys,
-            reservation,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            release=release,
-            now_ms=self._now_ms(),
-            model=None if row is None else row.model,  # a model since deleted: windows only
-            success=success,
-            latency_ms=latency_ms,
-            predicted_ms=self._predicted_ms(),
-            sample_cap=self._sample_cap(),
-            budgets={(b.scope, b.period): b for b in tenant_budgets},
-        )
+
+        def send() -> Flow[bool]:  # again at each replay: the clock is read then
+            return admission.settle(
+                self.keys,
+                reservation,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                release=release,
+                now_ms=self._now_ms(),
+                model=None if row is None else row.model,  # a model since deleted: windows only
+                success=success,
+                latency_ms=latency_ms,
+                predicted_ms=self._predicted_ms(),
+                sample_cap=self._sample_cap(),
+                budgets={(b.scope, b.period): b for b in tenant_budgets},
+            )
+
+        # Spooled, it is accepted: True. Its token makes the replay count once.
+        kind = "release" if release else "settle"
+        return self._faults.spooling(kind, reservation.token, send(), send, lambda: True)
 
     # -- ledger, shared by both clients --------------------------------------------------------
 
@@ -258,20 +422,30 @@ class RegistryBase:
         request_id: str | None,
     ) -> Flow[UsageRecord]:
         model = snapshot.get(self._key(model_key))
-        return ledger.record(
-            self.keys,
-            model,
-            input_tokens,
-            output_tokens,
-            success=success,
-            latency_ms=latency_ms,
-            tenant=tenant,
-            request_id=request_id,
-            now_ms=self._now_ms(),
-            predicted_ms=self._predicted_ms(),
-            sample_cap=self._sample_cap(),
-            budgets=snapshot.budgets_for(check_tenant(tenant), model),
-        )
+
+        def send(request_id: str | None) -> Flow[UsageRecord]:
+            return ledger.record(
+                self.keys,
+                model,
+                input_tokens,
+                output_tokens,
+                success=success,
+                latency_ms=latency_ms,
+                tenant=tenant,
+                request_id=request_id,
+                now_ms=self._now_ms(),
+                predicted_ms=self._predicted_ms(),
+                sample_cap=self._sample_cap(),
+                budgets=snapshot.budgets_for(check_tenant(tenant), model),
+            )
+
+        def priced() -> UsageRecord:  # spooled: what the ledger will add, priced here
+            usage = ledger.Usage.of(model, input_tokens, output_tokens, bool(success), latency_ms, tenant)
+            return UsageRecord(True, usage.cost, usage.units, self._predicted_ms())
+
+        # A record without an id gets one for its replays, so that two replays count once.
+        replay_id = request_id or Reservation.new_id()
+        return self._faults.spooling("record_usage", replay_id, send(request_id), lambda: send(replay_id), priced)
 
     def _sample_cap(self) -> int:
         """The usage stream's cap if this record is sampled (``usage_event_rate``), else 0."""
@@ -304,6 +478,8 @@ class RegistryBase:
         """The budget to set, and the edit of the tenant's list that sets it."""
         if isinstance(amount, float):
             raise ConfigError(f"amount must be a Decimal, int or decimal string (never a float), got {amount!r}")
+        if isinstance(thresholds, str | bytes | Mapping) or not isinstance(thresholds, Iterable):
+            raise ConfigError(f"thresholds must be a list of percentages, got {thresholds!r}")
         budget = Budget.build(
             tenant=tenant, amount=amount, period=period, model=model, currency=currency, thresholds=tuple(thresholds)
         )
@@ -338,12 +514,15 @@ class RegistryBase:
 
     @staticmethod
     def _restore_plan(document: Any) -> tuple[list[ModelSpec], dict[str, tuple[Budget, ...]]]:
-        """From an export: its models, and each tenant's budgets."""
-        body = document if isinstance(document, dict) else {}
-        catalog = [coerce_model(m, where=f"catalog[{i}]") for i, m in enumerate(body.get("catalog", []))]
+        """From an export: its models, and each tenant's budgets. The whole document is checked
+        here (its ledger part too), so that a restore that fails on it has written nothing."""
+        transfer.import_commands(Keys(), document)
+        catalog = [coerce_model(m, where=f"catalog[{i}]") for i, m in enumerate(_listed(document, "catalog"))]
+        if len({m.key for m in catalog}) < len(catalog):
+            raise ConfigError("catalog: a model is listed twice")
         by_tenant: dict[str, list[Budget]] = {}
-        for raw in body.get("budgets", []):
-            if not isinstance(raw, dict):
+        for raw in _listed(document, "budgets"):
+            if not isinstance(raw, dict) or not all(isinstance(name, str) for name in raw):
                 raise ConfigError(f"budgets: expected objects, got {raw!r}")
             budget = Budget.build(**raw)
             by_tenant.setdefault(budget.tenant, []).append(budget)
@@ -357,6 +536,13 @@ class RegistryBase:
     # -- argument checking shared by both clients ----------------------------------------------
 
     @staticmethod
+    def _currency(currency: str) -> str:
+        """An ISO 4217 code in any case, upper-cased (only a string is one)."""
+        if not isinstance(currency, str):
+            raise ConfigError(f"currency must be a string such as 'USD', got {currency!r}")
+        return currency.upper()
+
+    @staticmethod
     def _key(model_key: str) -> str:
         if not isinstance(model_key, str):
             raise ConfigError(f"model key must be a string, got {type(model_key).__name__}")
@@ -368,8 +554,8 @@ class RegistryBase:
 
     @staticmethod
     def _register_writes(models: Iterable[ModelSpec | Mapping[str, Any]], replace: bool) -> list[Write]:
-        if isinstance(models, ModelSpec | Mapping):
-            raise ConfigError("register_models takes a list of models")
+        if isinstance(models, ModelSpec | Mapping | str | bytes) or not isinstance(models, Iterable):
+            raise ConfigError(f"expected a list of models, got {type(models).__name__}")
         specs = [coerce_model(m, where=f"models[{i}]") for i, m in enumerate(models)]
         return [Write("put" if replace else "create", m.key, None, m) for m in specs]
 
@@ -402,6 +588,18 @@ class RegistryBase:
         )
         ranked = snapshot.cheapest(query, limit=limit, input_tokens=input_tokens, output_tokens=output_tokens)
         return [model for model, _ in ranked]
+
+
+def _not_a_number(value: Any) -> bool:
+    """Not an int or a float (a bool is no number of seconds or rate either)."""
+    return isinstance(value, bool) or not isinstance(value, int | float)
+
+
+def _listed(document: dict[str, Any], name: str) -> list[Any]:
+    value = document.get(name, [])
+    if not isinstance(value, list):
+        raise ConfigError(f"{name}: expected a list, got {type(value).__name__}")
+    return value
 
 
 def _required_tenant(tenant: str) -> str:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pydantic import ValidationError
 
-from registry.errors import ConfigError
+from registry.errors import BackendUnavailable, ConfigError
 
-__all__ = ["Commands", "Flow", "Script", "arun", "format_validation_error", "run", "text"]
+__all__ = ["Commands", "Flow", "Guard", "Scan", "Script", "arun", "fields", "format_validation_error", "run", "text"]
 
 T = TypeVar("T")
 
@@ -39,26 +39,79 @@ class Commands:
     transaction: bool = True
 
 
-Request = Script | Commands
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """Every key matching ``pattern`` (SCAN in pages; on a cluster, on every primary)."""
+
+    pattern: str
+
+
+Request = Script | Commands | Scan
 Flow = Generator[Request, Any, T]
 
 
-def run(flow: Flow[T], execute: Callable[[Request], Any]) -> T:
-    """Drive ``flow`` to its result, sending each request with the blocking ``execute``."""
+class Guard(Protocol):
+    """What the drivers ask before and tell after each request: the circuit breaker
+    (:class:`registry.faults.CircuitBreaker`). ``tripped`` and ``failures`` are read on every
+    request, so a healthy client pays two attribute reads."""
+
+    tripped: bool
+    failures: int
+
+    def refuse(self) -> BackendUnavailable | None: ...
+
+    def outcome(self, error: BaseException | None) -> None: ...
+
+
+def run(flow: Flow[T], execute: Callable[[Request], Any], guard: Guard | None = None) -> T:
+    """Drive ``flow`` to its result, sending each request with the blocking ``execute``.
+
+    An error of ``execute`` is thrown into the flow (where it propagates from the ``yield``, so a
+    flow that does not catch it raises it unchanged), as is the :class:`BackendUnavailable` of an
+    open ``guard``, which sends nothing: a flow may fall back (see :mod:`registry.faults`).
+    """
     try:
         request = next(flow)
         while True:
-            request = flow.send(execute(request))
+            if guard is not None and guard.tripped and (refused := guard.refuse()) is not None:
+                request = flow.throw(refused)
+                continue
+            try:
+                reply = execute(request)
+            except BaseException as exc:
+                if guard is not None:
+                    guard.outcome(exc)
+                if not isinstance(exc, Exception):  # cancelled, interrupted: not the flow's business
+                    raise
+                request = flow.throw(exc)
+                continue
+            if guard is not None and guard.failures:
+                guard.outcome(None)
+            request = flow.send(reply)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
 
 
-async def arun(flow: Flow[T], execute: Callable[[Request], Awaitable[Any]]) -> T:
-    """Drive ``flow`` to its result, awaiting each request with ``execute``."""
+async def arun(flow: Flow[T], execute: Callable[[Request], Awaitable[Any]], guard: Guard | None = None) -> T:
+    """Drive ``flow`` to its result, awaiting each request with ``execute`` (as :func:`run`)."""
     try:
         request = next(flow)
         while True:
-            request = flow.send(await execute(request))
+            if guard is not None and guard.tripped and (refused := guard.refuse()) is not None:
+                request = flow.throw(refused)
+                continue
+            try:
+                reply = await execute(request)
+            except BaseException as exc:
+                if guard is not None:
+                    guard.outcome(exc)
+                if not isinstance(exc, Exception):  # cancelled, interrupted: not the flow's business
+                    raise
+                request = flow.throw(exc)
+                continue
+            if guard is not None and guard.failures:
+                guard.outcome(None)
+            request = flow.send(reply)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
 
@@ -66,6 +119,15 @@ async def arun(flow: Flow[T], execute: Callable[[Request], Awaitable[Any]]) -> T
 def text(value: Any) -> str:
     """A reply value as ``str``, whether the client decodes responses or not."""
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def fields(raw: Any) -> dict[str, str]:
+    """A hash or stream entry's fields as ``{str: str}``, from whichever shape redis-py gave: a
+    dict, or the flat ``[field, value, ...]`` list a cluster's MULTI replies carry unparsed."""
+    if isinstance(raw, Mapping):
+        return {text(k): text(v) for k, v in raw.items()}
+    items = list(raw or [])
+    return {text(items[i]): text(items[i + 1]) for i in range(0, len(items) - 1, 2)}
 
 
 def _path(loc: tuple[Any, ...]) -> str:

@@ -14,8 +14,18 @@ from typing import Any
 
 import redis.asyncio as aredis
 
-from registry import _core
-from registry._base import DEFAULT_REFRESH_INTERVAL, RegistryBase, check_url, estimate_from, log
+from registry import _core, functions
+from registry._base import (
+    DEFAULT_REFRESH_INTERVAL,
+    SCAN_COUNT,
+    RegistryBase,
+    cluster_commands,
+    cluster_replies,
+    connect,
+    estimate_from,
+    log,
+    one_slot,
+)
 from registry.admission.route import Route
 from registry.admission.ticket import AsyncAdmit
 from registry.admission.types import Decision, Reservation, check_tenant
@@ -30,6 +40,8 @@ from registry.catalog.snapshot import Snapshot
 from registry.catalog.sync import SyncPlan
 from registry.errors import ModelNotFoundError, RegistryError, map_redis_errors
 from registry.events import Callback, Event, Follower, Subscription, event_types, recent_events
+from registry.faults import FaultPolicy, with_timeouts
+from registry.functions import ScriptsMode
 from registry.keys import DEFAULT_NAMESPACE
 from registry.ledger import stats as ledger_stats
 from registry.ledger import transfer
@@ -50,6 +62,10 @@ class AsyncRegistry(RegistryBase):
     round trip and see another process's write within about that interval. With
     ``watch=False`` every read first asks Redis for changes (one round trip).
 
+    ``scripts="functions"`` runs the Lua as FCALL of the function library an admin loaded
+    (``registry functions load``), for Redis users allowed no EVAL: see :mod:`registry.functions`
+    and ``registry acl``. The default, ``"eval"``, runs it by EVALSHA.
+
     >>> reg = Registry.from_url("redis://localhost:6379/0")          # doctest: +SKIP
     >>> reg.estimate_cost("openai:gpt-4o", 1000, 200)                # doctest: +SKIP
     Decimal('0.0045')
@@ -66,6 +82,8 @@ class AsyncRegistry(RegistryBase):
         shadow: bool = False,
         cache_denials: bool = False,
         usage_event_rate: float = 0.0,
+        scripts: ScriptsMode = "eval",
+        fault_policy: FaultPolicy | None = None,
     ) -> None:
         super().__init__(
             client,
@@ -76,9 +94,13 @@ class AsyncRegistry(RegistryBase):
             shadow=shadow,
             cache_denials=cache_denials,
             usage_event_rate=usage_event_rate,
+            scripts=scripts,
+            fault_policy=fault_policy,
         )
         self._lock: asyncio.Lock | None = None
-        self._batcher = ScriptBatcher(client)
+        self._replay_lock: asyncio.Lock | None = None  # one replay of the usage spool at a time
+        self._replay_task: asyncio.Task[None] | None = None
+        self._batcher = ScriptBatcher(client, self.scripts)
         self._closed = False
         self._watcher: asyncio.Task[None] | None = None
 
@@ -93,10 +115,12 @@ class AsyncRegistry(RegistryBase):
         shadow: bool = False,
         cache_denials: bool = False,
         usage_event_rate: float = 0.0,
+        scripts: ScriptsMode = "eval",
+        fault_policy: FaultPolicy | None = None,
         **redis_options: Any,
     ) -> AsyncRegistry:
-        """Connect to ``redis://``, ``rediss://`` or ``unix://`` ``url``."""
-        client = aredis.Redis.from_url(check_url(url), decode_responses=True, **redis_options)
+        """Connect to a ``redis://``, ``rediss://``, ``unix://`` or ``redis+cluster://`` ``url``."""
+        client = connect(url, asyncio=True, **with_timeouts(redis_options))
         return cls(
             client,
             namespace=namespace,
@@ -106,6 +130,8 @@ class AsyncRegistry(RegistryBase):
             shadow=shadow,
             cache_denials=cache_denials,
             usage_event_rate=usage_event_rate,
+            scripts=scripts,
+            fault_policy=fault_policy,
         )
 
     # -- I/O ------------------------------------------------------------------------------------
@@ -114,13 +140,54 @@ class AsyncRegistry(RegistryBase):
         if isinstance(request, _core.Script):
             return await self._batcher.call(request)  # concurrent scripts share a round trip
         with map_redis_errors():
+            if isinstance(request, _core.Scan):
+                return [k async for k in self.redis.scan_iter(match=request.pattern, count=SCAN_COUNT)]
+            if self.cluster:
+                return await self._execute_on_cluster(request)
             pipe = self.redis.pipeline(transaction=request.transaction)
             for command in request.commands:
                 pipe.execute_command(*command)
             return await pipe.execute()
 
+    async def _execute_on_cluster(self, request: _core.Commands) -> Any:
+        commands, counts, wait_s = cluster_commands(request.commands)
+        transaction = request.transaction and one_slot(commands)
+        if transaction:
+            # redis-py's asyncio cluster MULTI queues each command in a thread running an event
+            # loop of its own: the client must be ready first, or that loop would own
+            # connections (and die with them).
+            await self.redis.initialize()
+        pipe = self.redis.pipeline(transaction=transaction)
+        for command in commands:
+            pipe.execute_command(*command)
+        replies, idle = cluster_replies(await pipe.execute(), counts)
+        if idle and wait_s:
+            await asyncio.sleep(wait_s)  # what the XREAD's BLOCK would have waited for
+        return replies
+
     async def _run(self, flow: _core.Flow[Any]) -> Any:
-        return await _core.arun(flow, self._execute)
+        return await _core.arun(flow, self._execute, self._faults.breaker)
+
+    async def flush_spool(self) -> int:
+        """Write the usage spooled while Redis was unavailable, in order, now; returns how many.
+
+        Stops at the first unavailable error (the rest stay spooled). Runs by itself, as a
+        task, when the circuit breaker closes; see :mod:`registry.faults`.
+        """
+        if self._replay_lock is None:
+            self._replay_lock = asyncio.Lock()
+        async with self._replay_lock:
+            return await self._run(self._faults.replay())
+
+    def _recovered(self) -> None:
+        if self._replay_lock is None or not self._replay_lock.locked():  # a running replay takes it all
+            self._replay_task = asyncio.get_running_loop().create_task(self._flush_quietly())
+
+    async def _flush_quietly(self) -> None:
+        try:
+            await self.flush_spool()
+        except Exception as exc:  # a background task: say it, do not die silently
+            log.warning("usage spool replay: %s", exc)
 
     async def refresh(self) -> int:
         """Bring the local copy up to date now; returns the catalog revision."""
@@ -133,7 +200,8 @@ class AsyncRegistry(RegistryBase):
     async def _catalog(self) -> Snapshot:
         snapshot = self._snapshot
         if snapshot is None or not self.watch:
-            await self.refresh()
+            with self._faults.stale_ok(snapshot):  # Redis unavailable: serve the local copy we have
+                await self.refresh()
             snapshot = self._snapshot
             assert snapshot is not None
         if self.watch and self._watcher is None and not self._closed:
@@ -174,6 +242,9 @@ class AsyncRegistry(RegistryBase):
 
     async def aclose(self) -> None:
         """Stop the watcher and, if this client made its connection pool, close it."""
+        if len(self._faults.spool):  # a last try; what is still spooled then is lost, and said so
+            await self.flush_spool()
+            self._faults.lost_at_close()
         self._closed = True
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
@@ -309,6 +380,13 @@ class AsyncRegistry(RegistryBase):
         """True if Redis answers; raises :class:`BackendUnavailable` if it does not."""
         with map_redis_errors():
             return bool(await self.redis.ping())
+
+    async def load_functions(self) -> str:
+        """Load the function library that ``scripts="functions"`` clients call (FUNCTION LOAD, on
+        every primary of a cluster); returns its name. Needs a user allowed to (the admin role of
+        ``registry acl``); loading it again is harmless. See :mod:`registry.functions`."""
+        with map_redis_errors():
+            return await functions.aload_library(self.redis)
 
     # -- admission ------------------------------------------------------------------------------
 
@@ -526,7 +604,12 @@ class AsyncRegistry(RegistryBase):
         models = self._models_for((await self._catalog()), model, provider)
         return await self._run(
             ledger_stats.statistics(
-                self.keys, models, tenant=check_tenant(tenant), since=since, until=until, currency=currency.upper()
+                self.keys,
+                models,
+                tenant=check_tenant(tenant),
+                since=since,
+                until=until,
+                currency=self._currency(currency),
             )
         )
 

@@ -13,6 +13,10 @@ the asyncio client (the calls of one event-loop turn) and :class:`ThreadBatcher`
 blocking client (the calls of threads sharing it: the first caller sends, those who come while
 it waits queue up, and the next pipeline is sent by one of them).
 
+The calls are EVALSHAs, loading scripts Redis answers NOSCRIPT for, or in functions mode
+(``scripts="functions"``) FCALLs, loading the function library when a function is not found
+(:mod:`registry.functions`); the flow is the same either way.
+
 Redis Cluster cannot run scripts in a pipeline; the cluster work will group batches by node.
 """
 
@@ -32,6 +36,7 @@ from redis.exceptions import NoScriptError
 from registry._core import Script
 from registry.admission.ops import acquire_group, merge_acquires, split_acquires
 from registry.errors import ScriptError, redis_error
+from registry.functions import ScriptsMode, aload_library, check_mode, is_missing, library, load_library
 from registry.scripts import load
 
 __all__ = ["ScriptBatcher", "ThreadBatcher", "batch_flow"]
@@ -41,33 +46,45 @@ MAX_BATCH = 512  # calls per pipeline: bounds a reply's size and a late caller's
 
 @dataclass(frozen=True, slots=True)
 class Load:
-    """Load these scripts (SCRIPT LOAD of each source) before the next pipeline."""
+    """Load code before the next pipeline: these scripts (SCRIPT LOAD of each source), or with
+    ``library`` the function library (:func:`registry.functions.load_library`)."""
 
-    sources: tuple[str, ...]
+    sources: tuple[str, ...] = ()
+    library: bool = False
 
 
-Step = list[Script] | Load  # a pipeline of EVALSHAs to send, or scripts to load first
+LOAD_ATTEMPTS = 3  # loads of missing scripts before their NOSCRIPT reaches the caller
+Step = list[Script] | Load  # a pipeline of script calls to send, or code to load first
 BatchFlow = Generator[Step, Any, list[Any]]
 
 
-def _pipelined(requests: list[Script]) -> BatchFlow:
+def _pipelined(requests: list[Script], mode: ScriptsMode = "eval") -> BatchFlow:
     """The replies of one pipeline of ``requests`` (an exception instance of this library for a
-    call that failed); scripts Redis does not know yet are loaded and their calls sent again."""
+    call that failed); scripts (or, in functions mode, functions) Redis does not know yet are
+    loaded and their calls sent again."""
     replies = list((yield requests))
-    missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-    if missing:
-        yield Load(tuple(sorted({load(requests[i].name).source for i in missing})))
+    for _ in range(LOAD_ATTEMPTS):  # a SCRIPT FLUSH may land between our load and the calls
+        if mode == "eval":
+            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        else:
+            missing = [i for i, reply in enumerate(replies) if is_missing(reply)]
+        if not missing:
+            break
+        if mode == "eval":
+            yield Load(tuple(sorted({load(requests[i].name).source for i in missing})))
+        else:
+            yield Load(library=True)
         for i, reply in zip(missing, (yield [requests[i] for i in missing]), strict=True):
             replies[i] = reply
     return [redis_error(r) if isinstance(r, redis.exceptions.RedisError) else r for r in replies]
 
 
-def batch_flow(requests: list[Script]) -> BatchFlow:
+def batch_flow(requests: list[Script], mode: ScriptsMode = "eval") -> BatchFlow:
     """The replies of ``requests``, each as if sent alone: yields the pipelines to send (acquires
     of the same model and limits merged into one call each, see
     :func:`~registry.admission.ops.merge_acquires`) and the scripts to load, and receives their
     replies; a merged call that failed is sent again as its single calls, so that a bad one
-    fails alone. The I/O-free core of both batchers."""
+    fails alone. The I/O-free core of both batchers, for EVALSHA or FCALL (``mode``)."""
     units: list[list[int]] = []
     groups: dict[Any, list[int]] = {}
     for i, request in enumerate(requests):
@@ -83,7 +100,7 @@ def batch_flow(requests: list[Script]) -> BatchFlow:
     scripts = [requests[u[0]] if len(u) == 1 else merge_acquires([requests[i] for i in u]) for u in units]
     out: list[Any] = [None] * len(requests)
     alone: list[int] = []
-    for unit, reply in zip(units, (yield from _pipelined(scripts)), strict=True):
+    for unit, reply in zip(units, (yield from _pipelined(scripts, mode)), strict=True):
         if len(unit) == 1:
             out[unit[0]] = reply
         elif isinstance(reply, BaseException):
@@ -96,15 +113,27 @@ def batch_flow(requests: list[Script]) -> BatchFlow:
             for i, part in zip(unit, parts, strict=True):
                 out[i] = part
     if alone:
-        for i, reply in zip(alone, (yield from _pipelined([requests[i] for i in alone])), strict=True):
+        for i, reply in zip(alone, (yield from _pipelined([requests[i] for i in alone], mode)), strict=True):
             out[i] = reply
     return out
 
 
 def _evalshas(pipe: Any, requests: list[Script]) -> Any:
-    """``pipe`` (a pipeline of either client, without MULTI) with an EVALSHA per request."""
+    """``pipe`` (a pipeline of either client, without MULTI) with an EVALSHA per request.
+
+    Through ``execute_command``: a cluster pipeline refuses ``pipe.evalsha`` but routes the raw
+    command by its keys (every call's keys share one slot), one sub-pipeline per node.
+    """
     for request in requests:
-        pipe.evalsha(load(request.name).sha, len(request.keys), *request.keys, *request.args)
+        pipe.execute_command("EVALSHA", load(request.name).sha, len(request.keys), *request.keys, *request.args)
+    return pipe
+
+
+def _fcalls(pipe: Any, requests: list[Script]) -> Any:
+    """``pipe`` with an FCALL per request: :func:`_evalshas` in functions mode."""
+    functions = library().functions
+    for request in requests:
+        pipe.execute_command("FCALL", functions[request.name], len(request.keys), *request.keys, *request.args)
     return pipe
 
 
@@ -118,9 +147,11 @@ class _Counters:
 class ScriptBatcher(_Counters):
     """Sends the :class:`Script` calls of one asyncio client in pipelines (module docstring)."""
 
-    def __init__(self, client: aredis.Redis) -> None:
+    def __init__(self, client: aredis.Redis, scripts: ScriptsMode = "eval") -> None:
         super().__init__()
         self.client = client
+        self.mode = check_mode(scripts)
+        self._fill = _evalshas if scripts == "eval" else _fcalls
         self._queue: list[tuple[Script, asyncio.Future[Any]]] = []
         self._flushing: asyncio.Task[None] | None = None
 
@@ -155,18 +186,20 @@ class ScriptBatcher(_Counters):
     async def _send(self, requests: list[Script]) -> list[Any]:
         self.batches += 1
         self.calls += len(requests)
-        flow = batch_flow(requests)
+        flow = batch_flow(requests, self.mode)
         try:
             step = next(flow)
             while True:
                 try:
                     if isinstance(step, Load):
+                        if step.library:
+                            await aload_library(self.client)
                         for source in step.sources:
                             await self.client.script_load(source)
                         reply: Any = None
                     else:
                         self.scripts += len(step)
-                        reply = await _evalshas(self.client.pipeline(transaction=False), step).execute(
+                        reply = await self._fill(self.client.pipeline(transaction=False), step).execute(
                             raise_on_error=False
                         )
                 except redis.exceptions.RedisError as exc:
@@ -207,10 +240,12 @@ class ThreadBatcher(_Counters):
     for more than the round trip in flight and its own.
     """
 
-    def __init__(self, send: Callable[[Script], Any], client: redis.Redis) -> None:
+    def __init__(self, send: Callable[[Script], Any], client: redis.Redis, scripts: ScriptsMode = "eval") -> None:
         super().__init__()
         self._send_one = send  # the client's own path for a single call (errors translated)
         self.client = client
+        self.mode = check_mode(scripts)
+        self._fill = _evalshas if scripts == "eval" else _fcalls
         self._lock = threading.Lock()
         self._waiting: list[_Slot] = []
         self._busy = False
@@ -271,18 +306,20 @@ class ThreadBatcher(_Counters):
                 return [self._send_one(requests[0])]
             except Exception as exc:
                 return [exc]
-        flow = batch_flow(requests)
+        flow = batch_flow(requests, self.mode)
         try:
             step = next(flow)
             while True:
                 try:
                     if isinstance(step, Load):
+                        if step.library:
+                            load_library(self.client)
                         for source in step.sources:
                             self.client.script_load(source)
                         reply: Any = None
                     else:
                         self.scripts += len(step)
-                        reply = _evalshas(self.client.pipeline(transaction=False), step).execute(raise_on_error=False)
+                        reply = self._fill(self.client.pipeline(transaction=False), step).execute(raise_on_error=False)
                 except redis.exceptions.RedisError as exc:
                     raise redis_error(exc) from exc
                 step = flow.send(reply)

@@ -15,12 +15,22 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError
 
-from registry import _core
-from registry._base import DEFAULT_REFRESH_INTERVAL, RegistryBase, check_url, estimate_from, log
+from registry import _core, functions
+from registry._base import (
+    DEFAULT_REFRESH_INTERVAL,
+    SCAN_COUNT,
+    RegistryBase,
+    cluster_commands,
+    cluster_replies,
+    connect,
+    estimate_from,
+    log,
+    one_slot,
+)
 from registry.admission.route import Route
 from registry.admission.ticket import Admit
 from registry.admission.types import Decision, Reservation, check_tenant
-from registry.batching import ThreadBatcher
+from registry.batching import LOAD_ATTEMPTS, ThreadBatcher
 from registry.budgets import ops as budget_ops
 from registry.budgets.types import DEFAULT_THRESHOLDS, Budget, BudgetStatus
 from registry.catalog import ops
@@ -31,6 +41,8 @@ from registry.catalog.snapshot import Snapshot
 from registry.catalog.sync import SyncPlan
 from registry.errors import ModelNotFoundError, RegistryError, map_redis_errors, redis_error
 from registry.events import Callback, Event, Follower, Subscription, event_types, recent_events
+from registry.faults import FaultPolicy, with_timeouts
+from registry.functions import ScriptsMode
 from registry.keys import DEFAULT_NAMESPACE
 from registry.ledger import stats as ledger_stats
 from registry.ledger import transfer
@@ -54,6 +66,10 @@ class Registry(RegistryBase):
     round trip and see another process's write within about that interval. With
     ``watch=False`` every read first asks Redis for changes (one round trip).
 
+    ``scripts="functions"`` runs the Lua as FCALL of the function library an admin loaded
+    (``registry functions load``), for Redis users allowed no EVAL: see :mod:`registry.functions`
+    and ``registry acl``. The default, ``"eval"``, runs it by EVALSHA.
+
     >>> reg = Registry.from_url("redis://localhost:6379/0")          # doctest: +SKIP
     >>> reg.estimate_cost("openai:gpt-4o", 1000, 200)                # doctest: +SKIP
     Decimal('0.0045')
@@ -70,6 +86,8 @@ class Registry(RegistryBase):
         shadow: bool = False,
         cache_denials: bool = False,
         usage_event_rate: float = 0.0,
+        scripts: ScriptsMode = "eval",
+        fault_policy: FaultPolicy | None = None,
     ) -> None:
         super().__init__(
             client,
@@ -80,9 +98,12 @@ class Registry(RegistryBase):
             shadow=shadow,
             cache_denials=cache_denials,
             usage_event_rate=usage_event_rate,
+            scripts=scripts,
+            fault_policy=fault_policy,
         )
         self._lock = threading.Lock()
-        self._batcher = ThreadBatcher(self._evalsha, client)
+        self._replay_lock = threading.Lock()  # one replay of the usage spool at a time
+        self._batcher = ThreadBatcher(self._evalsha if self.scripts == "eval" else self._fcall, client, self.scripts)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._watcher_pid = 0
@@ -98,10 +119,12 @@ class Registry(RegistryBase):
         shadow: bool = False,
         cache_denials: bool = False,
         usage_event_rate: float = 0.0,
+        scripts: ScriptsMode = "eval",
+        fault_policy: FaultPolicy | None = None,
         **redis_options: Any,
     ) -> Registry:
-        """Connect to ``redis://``, ``rediss://`` or ``unix://`` ``url``."""
-        client = redis.Redis.from_url(check_url(url), decode_responses=True, **redis_options)
+        """Connect to a ``redis://``, ``rediss://``, ``unix://`` or ``redis+cluster://`` ``url``."""
+        client = connect(url, **with_timeouts(redis_options))
         return cls(
             client,
             namespace=namespace,
@@ -111,6 +134,8 @@ class Registry(RegistryBase):
             shadow=shadow,
             cache_denials=cache_denials,
             usage_event_rate=usage_event_rate,
+            scripts=scripts,
+            fault_policy=fault_policy,
         )
 
     # -- I/O ------------------------------------------------------------------------------------
@@ -120,27 +145,78 @@ class Registry(RegistryBase):
             # Threads sharing this client share round trips; a lone call goes straight to _evalsha.
             return self._batcher.call(request)
         with map_redis_errors():
-            assert isinstance(request, _core.Commands)
+            if isinstance(request, _core.Scan):
+                return list(self.redis.scan_iter(match=request.pattern, count=SCAN_COUNT))
+            if self.cluster:
+                return self._execute_on_cluster(request)
             pipe = self.redis.pipeline(transaction=request.transaction)
             for command in request.commands:
                 pipe.execute_command(*command)
             return pipe.execute()
+
+    def _execute_on_cluster(self, request: _core.Commands) -> Any:
+        commands, counts, wait_s = cluster_commands(request.commands)
+        pipe = self.redis.pipeline(transaction=request.transaction and one_slot(commands))
+        for command in commands:
+            pipe.execute_command(*command)
+        replies, idle = cluster_replies(pipe.execute(), counts)
+        if idle and wait_s:
+            time.sleep(wait_s)  # what the XREAD's BLOCK would have waited for
+        return replies
 
     def _evalsha(self, request: _core.Script) -> Any:
         """One script call: EVALSHA on the client itself, without redis-py's Script wrapper or
         a context manager around it (the hot path of every acquire)."""
         lua, keys = load(request.name), request.keys
         try:
+            for attempt in range(LOAD_ATTEMPTS + 1):
+                try:
+                    return self.redis.execute_command("EVALSHA", lua.sha, len(keys), *keys, *request.args)
+                except NoScriptError:  # a new server, a failover or SCRIPT FLUSH: load it and go again
+                    if attempt == LOAD_ATTEMPTS:
+                        raise
+                    self.redis.script_load(lua.source)
+            raise AssertionError("unreachable")  # pragma: no cover
+        except redis.exceptions.RedisError as exc:
+            raise redis_error(exc) from exc
+
+    def _fcall(self, request: _core.Script) -> Any:
+        """One script call in functions mode: :meth:`_evalsha` with FCALL, loading the library
+        when the server does not have it (which a worker's ACL refuses: PermissionDenied)."""
+        function, keys = functions.library().functions[request.name], request.keys
+        try:
             try:
-                return self.redis.execute_command("EVALSHA", lua.sha, len(keys), *keys, *request.args)
-            except NoScriptError:  # a new server, or SCRIPT FLUSH: load it and go again
-                self.redis.script_load(lua.source)
-                return self.redis.execute_command("EVALSHA", lua.sha, len(keys), *keys, *request.args)
+                return self.redis.execute_command("FCALL", function, len(keys), *keys, *request.args)
+            except redis.exceptions.ResponseError as exc:
+                if not functions.is_missing(exc):
+                    raise
+                functions.load_library(self.redis)
+                return self.redis.execute_command("FCALL", function, len(keys), *keys, *request.args)
         except redis.exceptions.RedisError as exc:
             raise redis_error(exc) from exc
 
     def _run(self, flow: _core.Flow[Any]) -> Any:
-        return _core.run(flow, self._execute)
+        return _core.run(flow, self._execute, self._faults.breaker)
+
+    def flush_spool(self) -> int:
+        """Write the usage spooled while Redis was unavailable, in order, now; returns how many.
+
+        Stops at the first unavailable error (the rest stay spooled). Runs by itself, in a
+        background thread, when the circuit breaker closes; see :mod:`registry.faults`.
+        """
+        with self._replay_lock:
+            return self._run(self._faults.replay())
+
+    def _recovered(self) -> None:
+        if not self._replay_lock.locked():  # a replay running now takes what is spooled
+            name = f"registry-replay-{self.namespace}"
+            threading.Thread(target=self._flush_quietly, name=name, daemon=True).start()
+
+    def _flush_quietly(self) -> None:
+        try:
+            self.flush_spool()
+        except Exception as exc:  # a background thread: say it, do not die silently
+            log.warning("usage spool replay: %s", exc)
 
     def refresh(self) -> int:
         """Bring the local copy up to date now; returns the catalog revision."""
@@ -151,7 +227,8 @@ class Registry(RegistryBase):
     def _catalog(self) -> Snapshot:
         snapshot = self._snapshot
         if snapshot is None or not self.watch:
-            self.refresh()
+            with self._faults.stale_ok(snapshot):  # Redis unavailable: serve the local copy we have
+                self.refresh()
             snapshot = self._snapshot
             assert snapshot is not None
         if self.watch and (self._watcher is None or self._watcher_pid != os.getpid()):
@@ -205,6 +282,9 @@ class Registry(RegistryBase):
 
     def close(self) -> None:
         """Stop the watcher and, if this client made its connection pool, close it."""
+        if len(self._faults.spool):  # a last try; what is still spooled then is lost, and said so
+            self.flush_spool()
+            self._faults.lost_at_close()
         self._stop.set()
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
@@ -329,6 +409,13 @@ class Registry(RegistryBase):
         """True if Redis answers; raises :class:`BackendUnavailable` if it does not."""
         with map_redis_errors():
             return bool(self.redis.ping())
+
+    def load_functions(self) -> str:
+        """Load the function library that ``scripts="functions"`` clients call (FUNCTION LOAD, on
+        every primary of a cluster); returns its name. Needs a user allowed to (the admin role of
+        ``registry acl``); loading it again is harmless. See :mod:`registry.functions`."""
+        with map_redis_errors():
+            return functions.load_library(self.redis)
 
     # -- admission ------------------------------------------------------------------------------
 
@@ -547,7 +634,12 @@ class Registry(RegistryBase):
         models = self._models_for(self._catalog(), model, provider)
         return self._run(
             ledger_stats.statistics(
-                self.keys, models, tenant=check_tenant(tenant), since=since, until=until, currency=currency.upper()
+                self.keys,
+                models,
+                tenant=check_tenant(tenant),
+                since=since,
+                until=until,
+                currency=self._currency(currency),
             )
         )
 

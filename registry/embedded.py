@@ -14,13 +14,14 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import redis
 
-__all__ = ["EmbeddedRedis", "free_port", "redis_server_path", "start"]
+__all__ = ["EmbeddedRedis", "free_port", "redis_server_path", "start", "start_tls_redis_server"]
 
 
 def redis_server_path() -> str | None:
@@ -77,9 +78,9 @@ class EmbeddedRedis:
         self.stop()
 
 
-def _wait_ready(url: str, process: subprocess.Popen[bytes] | None, timeout: float) -> str:
+def _wait_ready(url: str, process: subprocess.Popen[bytes] | None, timeout: float, **options: Any) -> str:
     deadline = time.monotonic() + timeout
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, decode_responses=True)
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, decode_responses=True, **options)
     try:
         while True:
             try:
@@ -103,26 +104,62 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes] | None, timeout: floa
 
 def start_redis_server(*extra_args: str, executable: str | None = None, timeout: float = 20.0) -> EmbeddedRedis:
     """Start ``redis-server`` on a free port: loopback only, no RDB, no AOF, in a temp dir."""
+    return _start(executable, extra_args, timeout, None)
+
+
+def start_tls_redis_server(
+    cert: str | Path,
+    key: str | Path,
+    ca: str | Path,
+    *extra_args: str,
+    probe: Mapping[str, Any] | None = None,
+    executable: str | None = None,
+    timeout: float = 20.0,
+) -> EmbeddedRedis:
+    """Start ``redis-server`` speaking only TLS (``--port 0 --tls-port <free port>``); its URL is ``rediss://``.
+
+    The server presents ``cert`` (private key ``key``) and checks client certificates against ``ca``;
+    it asks clients for one only if ``extra_args`` say ``--tls-auth-clients yes``. It is ready when a
+    client made with ``probe``, redis-py's TLS options (default ``ssl_ca_certs=ca``), gets an answer.
+    A redis-server built without TLS does not start: ``RuntimeError``, with what it printed.
+    """
+    tls_args = (
+        *("--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca)),
+        *("--tls-auth-clients", "no"),
+    )
+    options = dict(probe) if probe is not None else {"ssl_ca_certs": str(ca)}
+    return _start(executable, (*tls_args, *extra_args), timeout, options)
+
+
+def _start(
+    executable: str | None, extra_args: tuple[str, ...], timeout: float, tls_probe: dict[str, Any] | None
+) -> EmbeddedRedis:
     executable = executable or redis_server_path()
     if executable is None:
         raise FileNotFoundError("redis-server is not on PATH")
     workdir = tempfile.TemporaryDirectory(prefix="registry-redis-")
     try:
-        return _start_in(executable, workdir, extra_args, timeout)
+        return _start_in(executable, workdir, extra_args, timeout, tls_probe)
     except BaseException:
         workdir.cleanup()
         raise
 
 
 def _start_in(
-    executable: str, workdir: tempfile.TemporaryDirectory[str], extra_args: tuple[str, ...], timeout: float
+    executable: str,
+    workdir: tempfile.TemporaryDirectory[str],
+    extra_args: tuple[str, ...],
+    timeout: float,
+    tls_probe: dict[str, Any] | None = None,
 ) -> EmbeddedRedis:
+    failure: Exception | None = None
+    stderr_path = Path(workdir.name) / "redis.stderr"  # what it says before its log is open: config errors
     for _attempt in range(5):
         port = free_port()
+        listen = ["--port", str(port)] if tls_probe is None else ["--port", "0", "--tls-port", str(port)]
         args = [
             executable,
-            "--port",
-            str(port),
+            *listen,
             "--bind",
             "127.0.0.1",
             "--save",
@@ -137,14 +174,21 @@ def _start_in(
             str(Path(workdir.name) / "redis.log"),
             *extra_args,
         ]
-        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"redis://127.0.0.1:{port}/0"
+        with stderr_path.open("wb") as stderr:
+            process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr)
+        url = f"{'redis' if tls_probe is None else 'rediss'}://127.0.0.1:{port}/0"
         try:
-            version = _wait_ready(url, process, timeout)
-        except RuntimeError:
-            continue  # the port was taken between free_port() and bind: try another
+            version = _wait_ready(url, process, timeout, **(tls_probe or {}))
+        except RuntimeError as exc:
+            failure = exc  # most likely the port was taken between free_port() and bind: try another
+            continue
+        except BaseException:
+            process.kill()  # it never became ready: do not leave it running
+            process.wait()
+            raise
         return EmbeddedRedis(url, "redis-server", version, _process=process, _dir=workdir)
-    raise RuntimeError("could not start redis-server on a free port")
+    said = " ".join(stderr_path.read_text(errors="replace").split())[-500:] if stderr_path.exists() else ""
+    raise RuntimeError(f"could not start redis-server on a free port: {failure}{': ' + said if said else ''}")
 
 
 def start_fakeredis() -> EmbeddedRedis:

@@ -11,6 +11,7 @@
     ├── RateLimitedError(RegistryError)            refused (raising helpers only), has retry_after
     └── BackendError(RegistryError)                anything Redis said or failed to say
         ├── BackendUnavailable                     connection refused, timeout, DNS
+        ├── PermissionDenied                       the Redis user may not (ACL: NOPERM)
         └── ScriptError                            a Lua error or a malformed reply
 
 A denial of admission is a normal result, never one of these.
@@ -29,6 +30,7 @@ __all__ = [
     "ConfigError",
     "ModelExistsError",
     "ModelNotFoundError",
+    "PermissionDenied",
     "RateLimitedError",
     "RegistryError",
     "RequestTooLargeError",
@@ -104,6 +106,16 @@ class BackendUnavailable(BackendError):
     """Redis could not be reached (refused, timed out, unknown host)."""
 
 
+class PermissionDenied(BackendError):
+    """The Redis user's ACL refused: a command, a key, or a channel (NOPERM), also when a
+    script or function called it. A command refused outright wrote nothing; a script refused
+    midway keeps what it wrote before (Redis does not roll scripts back; the roles of
+    ``registry acl`` grant every command their scripts call, so theirs are refused up front).
+
+    See ``registry acl`` for the roles (worker, admin, dashboard) and what each may do.
+    """
+
+
 class ScriptError(BackendError):
     """A Lua script raised an error or returned a reply of the wrong shape."""
 
@@ -114,6 +126,12 @@ def redis_error(exc: redis.exceptions.RedisError) -> BackendError:
         return BackendUnavailable(f"Redis unavailable: {exc}")
     if isinstance(exc, redis.exceptions.ResponseError):
         message = str(exc)
+        # NOPERM (redis-py strips the prefix), or a command a script called was refused (Redis 7.0
+        # words that as a plain ERR): before the script branch, whose "script" it also contains.
+        if isinstance(exc, redis.exceptions.NoPermissionError):
+            return PermissionDenied(f"NOPERM {message}")
+        if "user executing the script can't" in message:
+            return PermissionDenied(message)
         if "ERR_" in message or "script" in message.lower():
             return ScriptError(message)
         return BackendError(message)

@@ -36,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from registry._core import Commands, Flow, text
+from registry._core import fields as _fields
 from registry.catalog import ops
 from registry.catalog.snapshot import Snapshot
 from registry.errors import ConfigError
@@ -97,6 +98,8 @@ def check_event_type(event_type: Any) -> str:
 
 def event_types(selection: str | Iterable[str]) -> frozenset[str]:
     """The event types a selection names (``"*"`` is all of them), each checked."""
+    if not isinstance(selection, str | Iterable) or isinstance(selection, bytes | Mapping):
+        raise ConfigError(f"event type {selection!r}: expected a type, a list of types, or '*'")
     chosen = [selection] if isinstance(selection, str) else list(selection)
     if not chosen:
         raise ConfigError("choose at least one event type (or '*')")
@@ -142,7 +145,7 @@ class Event:
 
 
 def _id_parts(entry_id: str) -> tuple[int, int]:
-    match = _ID.match(entry_id)
+    match = _ID.match(entry_id) if isinstance(entry_id, str) else None
     if match is None:
         raise ConfigError(f"stream id {entry_id!r}: expected <milliseconds>-<sequence>, e.g. 1700000000000-0")
     return int(match[1]), int(match[2] or 0)
@@ -286,15 +289,8 @@ def merge_events(events: Iterable[Event]) -> list[Event]:
 # -- reading --------------------------------------------------------------------------------------
 
 
-def _fields(raw: Any) -> dict[str, str]:
-    if isinstance(raw, Mapping):
-        return {text(k): text(v) for k, v in raw.items()}
-    items = list(raw or [])
-    return {text(items[i]): text(items[i + 1]) for i in range(0, len(items) - 1, 2)}
-
-
 def _entries(raw: Any) -> list[tuple[str, dict[str, str]]]:
-    return [(text(entry_id), _fields(fields)) for entry_id, fields in raw or []]
+    return [(text(entry_id), _fields(raw_fields)) for entry_id, raw_fields in raw or []]
 
 
 def _xread_streams(reply: Any) -> list[tuple[str, Any]]:

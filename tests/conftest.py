@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from redis.cluster import RedisCluster
 
 from registry import AsyncRegistry, Registry, embedded
 
@@ -61,9 +63,66 @@ def server() -> embedded.EmbeddedRedis:
     return _server
 
 
+# The modules whose tests run against a single Redis and against a real Redis Cluster: every
+# test in them that uses ``redis_url`` (directly or through ``r``, ``reg``, ``make_registry``)
+# runs once per backend, as ``test[...-single]`` and ``test[...-cluster]``.
+CLUSTER_MODULES = frozenset(
+    {
+        "test_catalog",
+        "test_admission",
+        "test_admission_fleet",
+        "test_admission_model",
+        "test_batching",
+        "test_budgets",
+        "test_ledger",
+        "test_ledger_stats",
+        "test_concurrency",
+        "test_route",
+        "test_view",
+        "test_watch",
+        "test_events",
+    }
+)
+
+_cluster: Any = None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    module = metafunc.module.__name__.rpartition(".")[2]
+    if module in CLUSTER_MODULES and "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", ["single", "cluster"], indirect=True)
+
+
 @pytest.fixture
-def redis_url(server: embedded.EmbeddedRedis) -> Iterator[str]:
-    """The private server's URL, emptied before the test."""
+def backend(request: pytest.FixtureRequest) -> str:
+    """ "single" (the private redis-server) or "cluster" (the private cluster), by parameter."""
+    return getattr(request, "param", "single")
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Any]:
+    """A private Redis Cluster (3 primaries, 3 replicas), started once, on first use."""
+    global _cluster
+    from registry import embedded_cluster
+
+    if embedded.redis_server_path() is None or shutil.which("redis-cli") is None:
+        if _in_ci():
+            pytest.fail("CI=true but redis-server/redis-cli are not on PATH: no cluster can be started")
+        pytest.skip("a cluster needs redis-server and redis-cli on PATH")
+    _cluster = embedded_cluster.start_cluster(primaries=3, replicas=1)
+    yield _cluster
+    _cluster.stop()
+    _cluster = None
+
+
+@pytest.fixture
+def redis_url(server: embedded.EmbeddedRedis, backend: str, request: pytest.FixtureRequest) -> str:
+    """The URL of the test's Redis (single, or the cluster by parameter), emptied before the test."""
+    if backend == "cluster":
+        nodes = request.getfixturevalue("cluster")
+        nodes.wait_ok()
+        nodes.flushall()
+        return str(nodes.url)
     client = redis.Redis.from_url(server.url)
     client.flushall()
     client.close()
@@ -71,11 +130,33 @@ def redis_url(server: embedded.EmbeddedRedis) -> Iterator[str]:
 
 
 @pytest.fixture
-def r(redis_url: str) -> Iterator[redis.Redis]:
-    """A plain redis-py client (str replies) on the test server."""
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+def r(redis_url: str) -> Iterator[Any]:
+    """A plain redis-py client (str replies) on the test's Redis: a cluster client on the cluster."""
+    from registry._base import connect, is_cluster_url
+
+    client = connect(redis_url) if not is_cluster_url(redis_url) else _WholeCluster.from_url(redis_url)
     yield client
     client.close()
+
+
+class _WholeCluster(RedisCluster):
+    """A cluster client whose key listings cover every primary, as one server's would."""
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> _WholeCluster:  # type: ignore[override]
+        from redis.cluster import ClusterNode
+
+        seeds = url.split("://", 1)[1].split("/", 1)[0].split(",")
+        nodes = [ClusterNode(host, int(port)) for host, _, port in (s.rpartition(":") for s in seeds)]
+        return cls(startup_nodes=nodes, decode_responses=True, **kwargs)
+
+    def keys(self, pattern: Any = "*", **kwargs: Any) -> Any:  # type: ignore[override]
+        kwargs.setdefault("target_nodes", RedisCluster.PRIMARIES)
+        return super().keys(pattern, **kwargs)
+
+    def dbsize(self, **kwargs: Any) -> Any:  # type: ignore[override]
+        kwargs.setdefault("target_nodes", RedisCluster.PRIMARIES)
+        return super().dbsize(**kwargs)
 
 
 class SyncFacade:

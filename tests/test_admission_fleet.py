@@ -18,6 +18,7 @@ import redis
 import redis.asyncio as aredis
 
 from registry import AsyncRegistry, Registry
+from registry._base import connect
 from registry.admission.types import Reservation
 from registry.testing import FakeClock, use_clock
 from tests.conftest import model
@@ -180,15 +181,20 @@ class _Counting(redis.Connection):
         super().send_packed_command(command, check_health)
 
 
-class _AsyncCounting(aredis.Connection):
+class _AsyncCounting:
+    """Counts every asyncio connection's writes (the asyncio cluster client takes no
+    ``connection_class``, so the method is patched on the class for the test)."""
+
     sent = 0
+    original = aredis.Connection.send_packed_command
 
-    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        type(self).sent += 1
-        await super().send_packed_command(command, check_health)
+    @staticmethod
+    async def send_packed_command(conn: aredis.Connection, command: Any, check_health: bool = True) -> None:
+        _AsyncCounting.sent += 1
+        await _AsyncCounting.original(conn, command, check_health)
 
 
-def test_one_round_trip_per_acquire_and_per_settle(redis_url: str) -> None:
+def test_one_round_trip_per_acquire_and_per_settle(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """With the catalog copy local (the default), acquire and settle each send one command.
 
     The watcher that keeps the copy current is replaced by an idle stand-in, so that only
@@ -197,8 +203,8 @@ def test_one_round_trip_per_acquire_and_per_settle(redis_url: str) -> None:
     """
     import threading
 
-    pool = redis.ConnectionPool.from_url(redis_url, connection_class=_Counting, decode_responses=True)
-    reg = Registry(redis.Redis(connection_pool=pool), watch=True)
+    client = connect(redis_url, connection_class=_Counting)
+    reg = Registry(client, watch=True)
     stand_in = threading.Thread(target=lambda: None)
     stand_in.start()
     reg._watcher, reg._watcher_pid = stand_in, os.getpid()
@@ -217,11 +223,12 @@ def test_one_round_trip_per_acquire_and_per_settle(redis_url: str) -> None:
         assert reg.settle(held, 10, 5)
         assert _Counting.sent - before == 1
     reg.close()
-    pool.disconnect()
+    client.close()
 
     async def main() -> None:
-        apool = aredis.ConnectionPool.from_url(redis_url, connection_class=_AsyncCounting, decode_responses=True)
-        areg = AsyncRegistry(aredis.Redis(connection_pool=apool), watch=True)
+        monkeypatch.setattr(aredis.Connection, "send_packed_command", _AsyncCounting.send_packed_command)
+        aclient = connect(redis_url, asyncio=True)
+        areg = AsyncRegistry(aclient, watch=True)
         idle = asyncio.create_task(asyncio.sleep(3600))
         areg._watcher = idle
         await areg.settle((await areg.acquire("openai:gpt-4", 1, 1)).reservation, 1, 1)
@@ -232,6 +239,6 @@ def test_one_round_trip_per_acquire_and_per_settle(redis_url: str) -> None:
         assert await areg.settle(held, 10, 5)
         assert _AsyncCounting.sent - before == 1
         await areg.aclose()
-        await apool.aclose()
+        await aclient.aclose()
 
     asyncio.run(main())

@@ -6,9 +6,9 @@ import asyncio
 from typing import Any
 
 import pytest
-import redis
 
 from registry import AsyncRegistry, ScriptError
+from registry._base import connect
 from registry._core import Script
 from tests.conftest import model
 
@@ -31,7 +31,7 @@ def test_256_concurrent_acquires_share_pipelines_and_admit_exactly_the_limit(red
 
 
 def test_a_failing_script_fails_its_caller_only_and_unknown_scripts_are_loaded(redis_url: str) -> None:
-    r = redis.Redis.from_url(redis_url)
+    r = connect(redis_url)
 
     async def main() -> list[Any]:
         async with AsyncRegistry.from_url(redis_url, watch=False) as reg:
@@ -132,9 +132,7 @@ def test_merged_acquires_keep_models_and_tenants_apart(redis_url: str) -> None:
             assert sum(ok for mm, tt, ok in results if (mm, tt) == (m, t)) == 10
 
 
-def test_one_request_id_twice_in_one_merged_call_is_admitted_once(redis_url: str) -> None:
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
-
+def test_one_request_id_twice_in_one_merged_call_is_admitted_once(redis_url: str, r: Any) -> None:
     async def main() -> list[Any]:
         async with AsyncRegistry.from_url(redis_url) as reg:
             await reg.register_model(model(rate_limit={"tokens_per_minute": 1_000}))
@@ -390,7 +388,7 @@ def test_a_pipeline_of_waiting_threads_loads_scripts_redis_has_forgotten(redis_u
     def ask() -> None:
         out.append(reg.acquire("openai:gpt-4", 1, 1))
 
-    r = redis.Redis.from_url(redis_url)
+    r = connect(redis_url)
     _behind_a_held_call(reg, ask, [ask] * 3, after_first=r.script_flush)
     assert [d.allowed for d in out] == [True] * 4
     assert sorted(d.remaining["requests_per_minute"] for d in out) == [96, 97, 98, 99]

@@ -19,6 +19,7 @@ from registry import (
     RevisionConflictError,
     ScriptError,
 )
+from registry._base import connect
 from registry.keys import Keys
 from tests.conftest import model
 
@@ -227,10 +228,10 @@ def test_scripts_reload_after_script_flush(reg: Any, r: redis.Redis) -> None:
 
 
 def test_a_client_without_decoded_responses(redis_url: str) -> None:
-    raw = redis.Redis.from_url(redis_url)  # bytes replies
+    raw = connect(redis_url, decode_responses=False)  # bytes replies
     reg = Registry(raw, watch=False)
     reg.register_models([model(id="a"), model(id="b")])
-    other = Registry(redis.Redis.from_url(redis_url), watch=False)
+    other = Registry(connect(redis_url, decode_responses=False), watch=False)
     assert [m.id for m in other.list_models()] == ["a", "b"]
     reg.delete_model("openai:a")
     assert [m.id for m in other.list_models()] == ["b"]

@@ -26,6 +26,7 @@ def test_public_names() -> None:
         "ModelRanking",
         "ModelSpec",
         "Performance",
+        "PermissionDenied",
         "PriceTier",
         "RateLimit",
         "RateLimitedError",

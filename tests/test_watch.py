@@ -16,14 +16,15 @@ import time
 from typing import Any
 
 import pytest
-import redis
 
 from registry import AsyncRegistry, Registry
+from registry._base import connect
 from tests.conftest import ROOT, model
 
 READER = r"""
 import asyncio, json, sys, time
 from registry import AsyncRegistry, Registry, ModelNotFoundError
+from registry._base import connect
 
 url, kind, mute = sys.argv[1], sys.argv[2], sys.argv[3] == "mute"
 
@@ -33,8 +34,14 @@ def seen(snapshot_reader):
     except ModelNotFoundError:
         return False
 
+def subscribers(client, channel):
+    # PUBSUB NUMSUB counts a node's own subscribers: on a cluster, ask every node.
+    nodes = client.get_nodes() if hasattr(client, "get_nodes") else [None]
+    kw = lambda node: {} if node is None else {"target_nodes": node}
+    return sum(client.pubsub_numsub(channel, **kw(node))[0][1] for node in nodes)
+
 def wait(reader):
-    while reg.redis.pubsub_numsub(reg._channel)[0][1] < 1:  # the watcher has subscribed
+    while subscribers(reg.redis, reg._channel) < 1:  # the watcher has subscribed
         time.sleep(0.002)
     print("ready", flush=True)
     written = float(sys.stdin.readline())
@@ -57,7 +64,8 @@ else:
         if mute:
             reg._channel = "muted"
         await reg.list_models()
-        while (await reg.redis.pubsub_numsub(reg._channel))[0][1] < 1:
+        probe = connect(url)
+        while subscribers(probe, reg._channel) < 1:
             await asyncio.sleep(0.002)
         loop = asyncio.get_running_loop()
         print("ready", flush=True)
@@ -93,8 +101,12 @@ def visibility(redis_url: str, kind: str, how: str) -> float | None:
         assert child.stdout.readline().strip() == "ready"
         writer = Registry.from_url(redis_url, watch=False)
         if how == "kill":
-            admin = redis.Redis.from_url(redis_url)
-            assert admin.client_kill_filter(_type="pubsub") >= 1
+            admin = connect(redis_url)
+            nodes = admin.get_nodes() if hasattr(admin, "get_nodes") else [None]
+            killed = sum(
+                admin.client_kill_filter(_type="pubsub", **({} if n is None else {"target_nodes": n})) for n in nodes
+            )
+            assert killed >= 1
             admin.close()
         writer.register_model(model(id="new", context_window=4242))
         child.stdin.write(f"{time.time()}\n")

@@ -9,6 +9,19 @@ local function whole(v, low, high)
   return v ~= nil and v >= low and v <= high and v % 1 == 0
 end
 
+-- Whether no key is given twice: a key in two roles (written as a hash, then read as a stream)
+-- would fail a call halfway through its writes. Table lookups only, no Redis call.
+local function distinct_keys()
+  local seen = {}
+  for _, key in ipairs(KEYS) do
+    if seen[key] then
+      return false
+    end
+    seen[key] = true
+  end
+  return true
+end
+
 -- Now in ms: the testing clock hook's value if one is given, else Redis' TIME.
 -- Returns nil and an error reply for a bad value.
 local function clock(given)

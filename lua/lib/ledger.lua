@@ -1,11 +1,16 @@
 -- lib/ledger.lua: adding usage to ledger counters (used by record_usage and settle).
 
--- Parse "field, increment" pairs from ARGV[first..last]; nil and an error reply if bad.
+-- Parse "field, increment" pairs from ARGV[first..last] (at most 64, none "-0" nor with a
+-- leading zero: HINCRBY would refuse it); nil and an error reply if bad.
 local function usage_pairs(first, last)
   local out = {}
+  if last - first >= 128 then
+    return nil, redis.error_reply('ERR_ARGS at most 64 field, increment pairs')
+  end
   for j = first, last, 2 do
     local field, by = ARGV[j], ARGV[j + 1]
-    if field == nil or field == '' or by == nil or not string.match(by, '^%-?%d+$') or #by > 19 then
+    if field == nil or field == '' or by == nil or #by > 19
+        or not (string.match(by, '^%-?[1-9]%d*$') or by == '0') then
       return nil, redis.error_reply('ERR_ARGS increment ' .. tostring(field) .. ' must be an integer')
     end
     out[#out + 1] = {field, by}
@@ -29,6 +34,8 @@ local function add_usage(first, last, pairs_)
     for _, p in ipairs(pairs_) do
       local ok = redis.pcall('HINCRBY', KEYS[k], p[1], p[2])
       if type(ok) == 'table' and ok.err then
+        local failure = string.match(ok.err, '^WRONGTYPE') and ok.err .. '; nothing recorded'
+          or 'ERR_OVERFLOW ' .. p[1] .. ' of ' .. KEYS[k] .. ' would overflow; nothing recorded'
         for _, d in ipairs(done) do
           local by = d[3]
           if d[4] then
@@ -37,7 +44,7 @@ local function add_usage(first, last, pairs_)
             redis.call('HINCRBY', d[1], d[2], string.sub(by, 1, 1) == '-' and string.sub(by, 2) or '-' .. by)
           end
         end
-        return redis.error_reply('ERR_OVERFLOW ' .. p[1] .. ' of ' .. KEYS[k] .. ' would overflow; nothing recorded')
+        return redis.error_reply(failure)
       end
       -- The field was new if it now holds just the increment (or held 0: deleting it then
       -- changes nothing a reader sees, an absent counter reads as 0).
@@ -55,11 +62,21 @@ local function add_usage(first, last, pairs_)
   return nil
 end
 
--- After a recorded request: remember its tenant in the model's tenant set (for statistics by
+-- Before any write of a record: read the usage stream (when the record is sampled) and the
+-- tenant set, so that one of the wrong type fails the call with nothing written. Returns
+-- whether the tenant is new to the set.
+local function check_notes(events_key, cap, tenant, tenants_key)
+  if cap > 0 then
+    redis.call('XLEN', events_key)
+  end
+  return tenant ~= '' and redis.call('SISMEMBER', tenants_key, tenant) == 0
+end
+
+-- After a recorded request: remember a new tenant in the model's tenant set (for statistics by
 -- tenant without SCAN) and, when the client sampled it (cap > 0), add it to the model's
 -- capped usage stream, in the same script as the counters it describes.
-local function note_usage(events_key, cap, request_id, tenant, tenants_key, pairs_)
-  if tenant ~= '' then
+local function note_usage(events_key, cap, request_id, tenant, tenants_key, pairs_, new_tenant)
+  if new_tenant then
     redis.call('SADD', tenants_key, tenant)
   end
   if cap > 0 then

@@ -5,8 +5,8 @@ where the tenant has budgets), and none for a model a cached refusal already rul
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from decimal import Decimal
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from decimal import Decimal, InvalidOperation
 from typing import Any, NamedTuple
 
 from registry._core import Flow
@@ -52,12 +52,15 @@ def candidates(
     if max_cost is not None:
         if isinstance(max_cost, float | bool):
             raise ConfigError(f"max_cost must be a Decimal, int or decimal string, got {max_cost!r}")
-        limit = Decimal(str(max_cost))
+        try:
+            limit = Decimal(str(max_cost))
+        except InvalidOperation:
+            raise ConfigError(f"max_cost must be a Decimal, int or decimal string, got {max_cost!r}") from None
         if not limit.is_finite() or limit < 0:
             raise ConfigError(f"max_cost must be a finite amount >= 0, got {max_cost!r}")
     query = SearchQuery.build(capability=capability, currency=currency, exclude_deprecated=True, **filters)
     if keys is not None:
-        if isinstance(keys, str):
+        if isinstance(keys, str | bytes | Mapping) or not isinstance(keys, Iterable):
             raise ConfigError("candidates must be a list of model keys")
         pool = [snapshot.get(k) for k in keys]  # an unknown key is an error, not a silent skip
         rows = [snapshot.rows[m.key] for m in pool]

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
+from registry.budgets.periods import PERIODS
 from registry.errors import ConfigError
-from registry.models import ModelSpec, RateLimit, validate_tenant
+from registry.models import MAX_ID_LENGTH, ModelSpec, RateLimit, parse_model_key, validate_name, validate_tenant
 
 __all__ = [
     "LIMIT_NAMES",
@@ -22,6 +25,7 @@ __all__ = [
     "Reservation",
     "applicable_limits",
     "check_request_id",
+    "check_reservation",
     "check_tenant",
 ]
 
@@ -67,6 +71,90 @@ def check_request_id(request_id: str | None) -> str | None:
     if request_id is not None and (not isinstance(request_id, str) or not 0 < len(request_id) <= 128):
         raise ConfigError(f"request_id must be a string of 1 to 128 characters, got {request_id!r}")
     return request_id
+
+
+_MAX_MS = 2**53 - 1  # what the scripts take as a time or an amount (exact in Lua)
+_MAX_TTL_MS = 2_592_000_000
+_TOKEN = re.compile(r"[^\s|]{0,64}")  # what the scripts take ("" is settled as "-")
+
+
+def _whole(value: Any, low: int, high: int) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+def _model_key(value: Any) -> bool:
+    return type(value) is str and _model_key_ok(value)
+
+
+@functools.lru_cache(maxsize=4096)  # a settle checks the same few keys and tenants again and again
+def _model_key_ok(value: str) -> bool:
+    try:
+        parse_model_key(value)
+        validate_name(value, what="model key", max_length=MAX_ID_LENGTH + 65)  # no braces: its keys' tag
+    except ValueError:
+        return False
+    return True
+
+
+def check_reservation(reservation: Any) -> Reservation:
+    """``reservation`` if it is a handle acquire could have made: every field of its type and in
+    range, names that make keys of its own model and tenant only. A forged or damaged one raises
+    :class:`ConfigError` before a settle or release writes anything (its values go into key
+    names and script arguments; the scripts would refuse some, but only after the budgets').
+    """
+    if not isinstance(reservation, Reservation):
+        raise ConfigError(f"expected a Reservation, got {type(reservation).__name__}")
+    r = reservation
+    problem = None
+    if not _model_key(r.model_key):
+        problem = "model_key"
+    elif not (type(r.id) is str and 0 < len(r.id) <= 128):
+        problem = "id"
+    elif r.tenant is not None and (type(r.tenant) is not str or r.tenant == "*" or not _valid_tenant(r.tenant)):
+        problem = "tenant"
+    elif not (_whole(r.input_tokens, 0, 10**9) and _whole(r.max_output_tokens, 0, 10**9)):
+        problem = "token counts"
+    elif type(r.token) is not str or not _TOKEN.fullmatch(r.token):
+        problem = "token"
+    elif not (_whole(r.at_ms, 0, _MAX_MS) and _whole(r.ttl_ms, 0, _MAX_TTL_MS)):
+        problem = "at_ms or ttl_ms"
+    elif not (isinstance(r.charges, tuple | list) and len(r.charges) <= 64 and all(map(_charge_ok, r.charges))):
+        problem = "charges"
+    elif not (isinstance(r.budgets, tuple | list) and len(r.budgets) <= 16 and all(map(_period_ok, r.budgets))):
+        problem = "budgets"
+    if problem is not None:
+        raise ConfigError(f"not a reservation acquire could have made: bad {problem} in {r!r:.300}")
+    return r
+
+
+@functools.lru_cache(maxsize=4096)
+def _valid_tenant(name: str) -> bool:
+    try:
+        validate_tenant(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _charge_ok(charge: Any) -> bool:
+    """(limit name, bucket index, amount, window_ms, bucket_ms), as acquire charged it."""
+    if not isinstance(charge, tuple | list) or len(charge) != 5 or charge[0] not in LIMIT_NAMES:
+        return False
+    _, bucket, amount, window_ms, bucket_ms = charge
+    return (
+        _whole(bucket, 0, _MAX_MS)
+        and _whole(amount, 0, _MAX_MS)
+        and _whole(window_ms, 0, _MAX_MS)
+        and _whole(bucket_ms, 1, _MAX_MS)
+    )
+
+
+def _period_ok(period: Any) -> bool:
+    """(scope, period, index) of a budget period holding the request's estimate."""
+    if not isinstance(period, tuple | list) or len(period) != 3:
+        return False
+    scope, name, index = period
+    return (scope == "*" or _model_key(scope)) and name in PERIODS and _whole(index, 0, _MAX_MS)
 
 
 def _specs(rate: RateLimit, prefix: str, tenant: str | None) -> list[LimitSpec]:
@@ -150,6 +238,8 @@ class Decision:
     this request would fit, exact to one sub-window bucket and never early. ``remaining``
     maps each limit's name to what is left of it after this decision. In shadow mode a
     request is always allowed and ``would_deny`` names the limit that would have refused.
+    ``degraded`` is True when Redis was unavailable and this worker decided alone, from its
+    local emergency cap (``FaultPolicy(admission="open")``, see :mod:`registry.faults`).
     """
 
     allowed: bool
@@ -162,3 +252,4 @@ class Decision:
     # When the script decided, in the server's ms (0 when no window script ran, e.g. a budget's
     # refusal): the admission's place in its windows, for callers that audit them.
     server_ms: int = field(default=0, compare=False)
+    degraded: bool = False

@@ -9,13 +9,13 @@ catalog revision of the model's last write) and ``_updated_ms`` (server time of 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 from pydantic import ValidationError
 
+from registry._core import fields as _fields
 from registry.errors import ScriptError
 from registry.models import ModelSpec
 
@@ -54,13 +54,9 @@ def encode_fields_json(model: ModelSpec) -> str:
     return _encoder.encode(encode_fields(model)).decode()
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def decode_entry(raw: Mapping[Any, Any]) -> CatalogEntry:
+def decode_entry(raw: Any) -> CatalogEntry:
     """Parse an ``HGETALL`` reply (str or bytes) back into a :class:`CatalogEntry`."""
-    fields = {_text(k): _text(v) for k, v in raw.items()}
+    fields = _fields(raw)
     try:
         data: dict[str, Any] = {name: fields[name] for name in _SCALARS if name in fields}
         for name in _INTS:  # absent: unknown (None)

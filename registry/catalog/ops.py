@@ -17,6 +17,7 @@ import msgspec
 from pydantic import ValidationError
 
 from registry._core import Commands, Flow, Script, text, validation_error
+from registry._core import fields as _fields
 from registry.budgets.types import Budget, decode_budgets
 from registry.catalog.codec import CatalogEntry, decode_entry, encode_fields_json
 from registry.catalog.snapshot import Snapshot
@@ -225,7 +226,7 @@ def refresh(keys: Keys, snapshot: Snapshot | None) -> Flow[Snapshot]:
         return (yield from load_snapshot(keys))
     touched: dict[str, None] = {}
     for _, raw_fields in events:
-        fields = {text(k): text(v) for k, v in (raw_fields or {}).items()}
+        fields = _fields(raw_fields)
         for name in ("put", "deleted"):
             touched.update((k, None) for k in fields.get(name, "").split("\n") if k)
     keys_touched = list(touched)

@@ -52,6 +52,8 @@ def _as_set(name: str, value: str | Iterable[str] | None) -> frozenset[str] | No
         return None
     if isinstance(value, str):
         return frozenset((value,))
+    if isinstance(value, bytes | Mapping) or not isinstance(value, Iterable):
+        raise ConfigError(f"{name}: expected a string or a list of strings, got {value!r}")
     values = frozenset(str(v) for v in value)
     if not values:
         raise ConfigError(f"{name}: give at least one value, or None for no filter")
@@ -123,6 +125,8 @@ class SearchQuery:
                 raise ConfigError(f"status: unknown {sorted(unknown)}, expected {[s.value for s in Status]}")
         if name_pattern is not None and not isinstance(name_pattern, str):
             raise ConfigError(f"name_pattern must be a string, got {name_pattern!r}")
+        if currency is not None and not isinstance(currency, str):
+            raise ConfigError(f"currency must be a string such as 'USD', got {currency!r}")
         pattern = name_pattern.lower() if name_pattern else None
         regex = re.compile(fnmatch.translate(pattern)) if pattern and not _WILDCARDS.isdisjoint(pattern) else None
         return cls(

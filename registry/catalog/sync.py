@@ -8,6 +8,7 @@ prices. Running it twice changes nothing the second time.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ def parse_catalog(data: bytes, *, where: str = "<config>") -> list[ModelSpec]:
     """Validate a catalog document; errors name ``where``, the entry and the field."""
     try:
         document = _decoder.decode(data)
+    except RecursionError:
+        raise ConfigError(f"{where}: not valid JSON: nested too deep") from None
     except msgspec.DecodeError as exc:
         message = str(exc)
         # msgspec ends the message with "(byte N)" (older versions: "at byte N"); a document
@@ -68,11 +71,13 @@ def parse_catalog(data: bytes, *, where: str = "<config>") -> list[ModelSpec]:
 
 def read_catalog_file(path: str | Path) -> list[ModelSpec]:
     """The models of a catalog file (``{"models": [...]}``), validated."""
+    if not isinstance(path, str | os.PathLike):
+        raise ConfigError(f"a catalog file is named by a path, got {path!r}")
     path = Path(path)
     try:
         data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
+        raise ConfigError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
     return parse_catalog(data, where=str(path))
 
 

@@ -18,11 +18,17 @@
     registry top [--interval SECONDS] [--once]
     registry exporter [--port PORT] [--addr ADDR]
     registry schema [--output FILE | --check FILE]
+    registry acl [--worker-password P] [--admin-password P] [--dashboard-password P] [--aclfile]
+                 [--output FILE | --check FILE]
+    registry functions load | source
     registry demo [--workers N] [--duration SECONDS] [--rps N] [--seed N] [--config FILE] [--keep]
 
 Global options, before or after the command: ``--redis-url`` (default ``$REGISTRY_REDIS_URL``,
 else ``redis://localhost:6379/0``; ``demo`` starts a private Redis instead), ``--namespace``
-(default ``$REGISTRY_NAMESPACE``, else ``registry``), ``--json``, ``--version``.
+(default ``$REGISTRY_NAMESPACE``, else ``registry``), ``--json``, ``--version``, ``--scripts``
+(``eval`` or ``functions``, default ``$REGISTRY_SCRIPTS``, else ``eval``). TLS with a private
+CA: ``rediss://HOST:PORT/0?ssl_ca_certs=CA.pem``, plus ``&ssl_certfile=...&ssl_keyfile=...`` for
+mutual TLS (redis-py reads these from the query string).
 
 Exit status: 0 done; 1 Redis unreachable or failing, a model not found, a file that could not
 be written, ``schema --check`` found a difference, ``budget delete`` found no such budget, a
@@ -48,6 +54,8 @@ from registry.errors import (
 )
 
 __all__ = ["main"]
+
+TLS_HINT = "name a private CA in the URL, rediss://...?ssl_ca_certs=PATH, and ssl_certfile=&ssl_keyfile= for mutual TLS"
 
 
 def _silence_stdout() -> None:
@@ -84,7 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except BackendUnavailable as exc:
         where = f" at {redact(ctx.url)}" if args.command != "demo" or ctx.given_url() else ""
-        out.error(f"{' '.join(str(exc).split())} (is Redis running{where}? set --redis-url or $REGISTRY_REDIS_URL)")
+        hint = f"is Redis running{where}? set --redis-url or $REGISTRY_REDIS_URL"
+        if "certificate" in str(exc).lower():  # TLS: verify failed, certificate required, unknown ca
+            hint = f"TLS refused{where}: {TLS_HINT}"
+        out.error(f"{' '.join(str(exc).split())} ({hint})")
         return 1
     except (BackendError, RegistryError) as exc:
         out.error(" ".join(str(exc).split()))

@@ -66,7 +66,7 @@ class Output:
     stderr: TextIO = field(default_factory=lambda: sys.stderr)
 
     def line(self, text: str = "") -> None:
-        print(text, file=self.stdout, flush=True)
+        print(_printable(text), file=self.stdout, flush=True)
 
     def lines(self, texts: Iterable[str]) -> None:
         for text in texts:
@@ -78,7 +78,15 @@ class Output:
 
     def error(self, message: str) -> None:
         """``registry: error: message`` on stderr (a multi-line message keeps its lines)."""
-        print(f"registry: error: {message}", file=self.stderr, flush=True)
+        print(_printable(f"registry: error: {message}"), file=self.stderr, flush=True)
+
+
+def _printable(text: str) -> str:
+    """``text`` with each lone surrogate (what Python makes of argv or file-name bytes that are
+    not UTF-8) written as an escape, ``\\udcff``: no stream can encode one."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def render_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, right: Iterable[int] = ()) -> list[str]:

@@ -7,8 +7,9 @@ from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 
 from registry import __version__
+from registry.acl import ROLES
 from registry.budgets.periods import PERIODS
-from registry.cli import budgets, catalog, demo, events, exporter, sync, tools, top
+from registry.cli import access, budgets, catalog, demo, events, exporter, sync, tools, top
 from registry.events import EVENT_TYPES
 from registry.models import Status
 
@@ -78,7 +79,8 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         "--redis-url",
         metavar="URL",
         default=default(None),
-        help="Redis to use (default: $REGISTRY_REDIS_URL, else redis://localhost:6379/0; demo starts a private one)",
+        help="Redis to use (default: $REGISTRY_REDIS_URL, else redis://localhost:6379/0; demo starts a private one). "
+        "TLS with a private CA: rediss://HOST:PORT/0?ssl_ca_certs=CA.pem[&ssl_certfile=CERT&ssl_keyfile=KEY]",
     )
     group.add_argument(
         "--namespace",
@@ -91,6 +93,13 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         action="store_true",
         default=default(False),
         help="print JSON documents for scripts (Decimals as strings)",
+    )
+    group.add_argument(
+        "--scripts",
+        choices=("eval", "functions"),
+        default=default(None),
+        help="how the Lua runs: eval (EVALSHA) or functions (FCALL of the library `registry functions load` "
+        "loaded, for ACL roles without EVAL) (default: $REGISTRY_SCRIPTS, else eval)",
     )
 
 
@@ -270,6 +279,25 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--output", metavar="FILE", help="write it to FILE")
     group.add_argument("--check", metavar="FILE", help="exit 1 if FILE differs from it")
+
+    p = _command(sub, "acl", access.cmd_acl, "the Redis ACL users of the namespace's roles: worker, admin, dashboard")
+    for role in ROLES:
+        p.add_argument(
+            f"--{role}-password",
+            metavar="SECRET",
+            help=f"stored as its SHA-256 (default: ${access.password_env(role)}; without one the user is off)",
+        )
+    p.add_argument("--aclfile", action="store_true", help="bare user lines for an aclfile (default: redis.conf lines)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--output", metavar="FILE", help="write it to FILE")
+    group.add_argument("--check", metavar="FILE", help="exit 1 if FILE differs from it")
+
+    functions = _command(sub, "functions", None, "the function library of scripts=functions clients (Redis 7+)")
+    fsub = functions.add_subparsers(dest="functions_command", metavar="COMMAND", required=True)
+    _command(
+        fsub, "load", access.cmd_functions_load, "FUNCTION LOAD it into every primary (admin role); print its name"
+    )
+    _command(fsub, "source", access.cmd_functions_source, "print its source, as FUNCTION LOAD takes it")
 
     p = _command(sub, "exporter", exporter.cmd_exporter, "serve the fleet's metrics to Prometheus on /metrics")
     p.add_argument("--port", type=_port, default=9464, metavar="PORT", help="default: 9464; 0 picks a free one")

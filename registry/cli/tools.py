@@ -88,7 +88,7 @@ def cmd_schema(ctx: Context) -> int:
     if args.check is not None:
         path = Path(args.check)
         try:
-            current = path.read_text(encoding="utf-8")
+            current = path.read_text(encoding="utf-8", errors="replace")  # not UTF-8: it differs
         except OSError as exc:
             ctx.out.error(f"{path}: cannot read: {exc.strerror or exc}")
             return 1
@@ -134,7 +134,7 @@ def cmd_import_dump(ctx: Context) -> int:
         document = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than json can read
         raise ConfigError(f"{path}: not valid JSON: {exc}") from None
     with ctx.registry() as reg:
         written = reg.restore(document)

@@ -30,6 +30,7 @@ __all__ = ["DIE_EXIT_CODE", "WorkerSpec", "run"]
 
 DIE_EXIT_CODE = 75  # a worker that died on purpose; anything else non-zero is a crash
 WAIT_CAP = 1.0  # a refusal whose retry_after is at most this is waited out, once
+FAULT_RETRY_S = 15.0  # how long a call is sent again (same request id) while Redis is away
 FAIL_RATE = 0.06
 RECORD_RATE = 0.08  # requests reported with record_usage instead of acquire/settle
 DUP_ACQUIRE, DUP_SETTLE, DUP_RECORD = 0.03, 0.05, 0.5
@@ -116,7 +117,9 @@ class Worker:
         """Acquire on ``model`` (waiting once for a short retry_after), then call and settle."""
         for attempt in range(2):
             try:
-                decision = self.reg.acquire(model, prompt, max_output, tenant=tenant, request_id=request_id)
+                decision = self._retrying(
+                    lambda: self.reg.acquire(model, prompt, max_output, tenant=tenant, request_id=request_id)
+                )
             except RequestTooLargeError as exc:
                 self.log("deny", m=model, t=tenant, by=exc.limit, after=None, wait=False)
                 return False
@@ -137,7 +140,9 @@ class Worker:
         self.log("admit", m=model, t=tenant, id=request_id, ms=decision.server_ms, **{"in": prompt, "max": max_output})
         self.admitted += 1
         if self.rng.random() < DUP_ACQUIRE:  # the reply was "lost": ask again under the same id
-            again = self.reg.acquire(model, prompt, max_output, tenant=tenant, request_id=request_id)
+            again = self._retrying(
+                lambda: self.reg.acquire(model, prompt, max_output, tenant=tenant, request_id=request_id)
+            )
             self.log("dup", kind="acquire", m=model, id=request_id, caught=again.allowed and again.duplicate)
         latency = self.rng.uniform(10, 40)
         if self.lifetime is not None and self.admitted >= self.lifetime:
@@ -153,7 +158,7 @@ class Worker:
         counted = self._once(settle, duplicate=lambda result: result is False)
         self._usage("settle", model, tenant, request_id, prompt, output, ok, counted)
         if self.rng.random() < DUP_SETTLE:
-            self.log("dup", kind="settle", m=model, id=request_id, caught=settle() is False)
+            self.log("dup", kind="settle", m=model, id=request_id, caught=self._retrying(settle) is False)
         return True
 
     def report(self) -> None:
@@ -176,7 +181,7 @@ class Worker:
         counted = self._once(record, duplicate=lambda recorded: not recorded)
         self._usage("record", model, tenant, request_id, prompt, output, True, counted)
         if self.rng.random() < DUP_RECORD:
-            self.log("dup", kind="record", m=model, id=request_id, caught=not record())
+            self.log("dup", kind="record", m=model, id=request_id, caught=not self._retrying(record))
 
     def _usage(
         self,
@@ -194,18 +199,30 @@ class Worker:
         self.log(via, m=model, t=tenant, id=request_id, **fields)
 
     def _once(self, send: Callable[[], T], *, duplicate: Callable[[T], bool]) -> bool:
-        """Send until an answer comes (3 tries); True if it counted. When an earlier try failed
-        without an answer, "a duplicate" means that try counted."""
-        for attempt in range(3):
+        """Send until an answer comes; True if it counted. When an earlier try failed without an
+        answer, "a duplicate" means that try counted."""
+        tries = 0
+
+        def counted() -> T:
+            nonlocal tries
+            tries += 1
+            return send()
+
+        result = self._retrying(counted)
+        return not duplicate(result) or tries > 1
+
+    @staticmethod
+    def _retrying(send: Callable[[], T]) -> T:
+        """``send()``, sent again while Redis is away (a failover, a restart), for up to
+        FAULT_RETRY_S: every call it makes is idempotent under its request id or token."""
+        deadline = time.monotonic() + FAULT_RETRY_S
+        while True:
             try:
-                result = send()
+                return send()
             except BackendError:
-                if attempt == 2:
+                if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
-                continue
-            return not duplicate(result) or attempt > 0
-        raise AssertionError("unreachable")  # pragma: no cover
 
 
 def run(spec: WorkerSpec, go: Any, deadline: Any) -> None:

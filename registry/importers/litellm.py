@@ -161,11 +161,11 @@ def _decode(source: str | Path | bytes | Mapping[str, Any]) -> Mapping[str, Any]
         where = str(source)
         try:
             source = Path(source).read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from None
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
+            raise ConfigError(f"{where}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
     try:
         data = msgspec.json.Decoder(float_hook=Decimal).decode(source)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested too deep to read
         raise ConfigError(f"{where}: not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: a LiteLLM price map is a JSON object")

@@ -79,7 +79,9 @@ class Usage:
         latency_ms: float | None,
         tenant: str | None,
     ) -> Usage:
-        if latency_ms is not None and (isinstance(latency_ms, bool) or not 0 <= latency_ms <= 86_400_000):
+        if latency_ms is not None and (
+            isinstance(latency_ms, bool) or not isinstance(latency_ms, int | float) or not 0 <= latency_ms <= 86_400_000
+        ):
             raise ConfigError(f"latency_ms must be a number from 0 to 86400000, got {latency_ms!r}")
         cost = estimate(model.cost, input_tokens, output_tokens)
         units = to_units(cost)

@@ -8,17 +8,27 @@ admission state) are not part of it: they describe the last minute, not the book
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from registry._core import Commands, Flow, text
+from registry._core import Commands, Flow, Scan, text
 from registry.catalog.snapshot import Snapshot
 from registry.errors import ConfigError
 from registry.keys import Keys
 
-__all__ = ["FORMAT", "export_ledger", "import_ledger"]
+__all__ = ["FORMAT", "export_ledger", "import_commands", "import_ledger"]
 
 FORMAT = "registry-export/1"
-_SCAN_COUNT = 1000
+# What an export holds and an import may write, after the namespace's "{<namespace>:": a model's
+# (or a tenant's on it) ledger keys, and a tenant's budget spend. The model key ends at the tag's
+# brace (it holds none), so a request id or model id that contains ":l:" or ":s:" matches
+# neither; the SCAN patterns below are only a first sieve.
+_BOOKS = re.compile(
+    r"adm:[^{}]+\}(?::t:[^{}:]+)?:l:(?:total|denied|tenants|[mhd]:[0-9]{1,20})"
+    r"|bud:[^{}:]+\}:s:[^{}]+:(?:day|week|month):[0-9]{1,20}"
+)
+_INT64 = (-(2**63), 2**63 - 1)
+_MAX_TTL_MS = 2**53
 
 
 def _ledger_pattern(keys: Keys) -> str:
@@ -35,14 +45,7 @@ def _spend_pattern(keys: Keys) -> str:
 
 
 def _scan(pattern: str) -> Flow[list[str]]:
-    found: list[str] = []
-    cursor = "0"
-    while True:
-        (reply,) = yield Commands((("SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_COUNT),), False)
-        cursor, batch = text(reply[0]), [text(k) for k in reply[1]]
-        found += batch
-        if cursor == "0":
-            return found
+    return [text(k) for k in (yield Scan(pattern))]
 
 
 def _books(key: str, counters: dict[str, str]) -> dict[str, str]:
@@ -57,13 +60,12 @@ def export_ledger(keys: Keys, snapshot: Snapshot) -> Flow[dict[str, Any]]:
     """The document: catalog models and budgets, each ledger hash with its counters and TTL,
     and what each budget period spent."""
     found = yield from _scan(_ledger_pattern(keys))
-    found = [k for k in found if ":l:id:" not in k]  # request-id markers are not counters
     found += yield from _scan(_spend_pattern(keys))
-    names = sorted(set(found))
+    prefix = f"{{{keys.namespace}:"
+    names = sorted({k for k in found if _BOOKS.fullmatch(k.removeprefix(prefix))})  # not request-id markers
     replies = yield Commands(
         tuple(cmd for k in names for cmd in ((("SMEMBERS" if _is_set(k) else "HGETALL"), k), ("PTTL", k))), False
     )
-    prefix = f"{{{keys.namespace}:"
     ledger: dict[str, Any] = {}
     for i, key in enumerate(names):
         counters, ttl = replies[2 * i], int(replies[2 * i + 1])
@@ -80,29 +82,48 @@ def export_ledger(keys: Keys, snapshot: Snapshot) -> Flow[dict[str, Any]]:
     }
 
 
-def import_ledger(keys: Keys, document: dict[str, Any]) -> Flow[int]:
-    """Write an export's ledger into ``keys``' namespace, which must hold no ledger yet."""
+def import_commands(keys: Keys, document: Any) -> tuple[tuple[Any, ...], ...]:
+    """The writes of :func:`import_ledger`, every entry checked first: a document that is not an
+    export (or names a key an export never holds: a catalog, window or record key) raises
+    :class:`ConfigError`, and nothing is written."""
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise ConfigError(f"not a {FORMAT} document")
-    used = (yield from _scan(_ledger_pattern(keys))) + (yield from _scan(_spend_pattern(keys)))
-    if used:
-        raise ConfigError(f"namespace {keys.namespace!r} already has a ledger: import into an empty one")
+    ledger = document.get("ledger", {})
+    if not isinstance(ledger, dict):
+        raise ConfigError("ledger: expected an object of ledger keys")
     commands: list[tuple[Any, ...]] = []
-    for suffix, entry in sorted(document.get("ledger", {}).items()):
+    for suffix, entry in sorted(ledger.items(), key=lambda item: str(item[0])):
+        if not isinstance(suffix, str) or not _BOOKS.fullmatch(suffix) or not isinstance(entry, dict):
+            raise ConfigError(f"ledger entry {suffix!r}: not a ledger key of an export")
         key = f"{{{keys.namespace}:{suffix}"
         if _is_set(key):
             members = entry.get("members")
-            if not members or not all(isinstance(m, str) for m in members):
+            if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
                 raise ConfigError(f"ledger entry {suffix!r}: members must be names")
             commands.append(("SADD", key, *members))
             continue
-        counters = entry["counters"]
-        if not counters or not all(isinstance(v, int) and not isinstance(v, bool) for v in counters.values()):
-            raise ConfigError(f"ledger entry {suffix!r}: counters must be integers")
+        counters, ttl = entry.get("counters"), entry.get("ttl_ms")
+        if not isinstance(counters, dict) or not counters or not all(_counter(f, v) for f, v in counters.items()):
+            raise ConfigError(f"ledger entry {suffix!r}: counters must be names with 64-bit integers")
+        if ttl is not None and not (type(ttl) is int and 0 < ttl <= _MAX_TTL_MS):
+            raise ConfigError(f"ledger entry {suffix!r}: ttl_ms must be null or a positive integer")
         flat = [x for field, value in sorted(counters.items()) for x in (field, value)]
         commands.append(("HSET", key, *flat))
-        if entry.get("ttl_ms"):
-            commands.append(("PEXPIRE", key, int(entry["ttl_ms"])))
+        if ttl:
+            commands.append(("PEXPIRE", key, ttl))
+    return tuple(commands)
+
+
+def _counter(field: Any, value: Any) -> bool:
+    return isinstance(field, str) and field != "" and type(value) is int and _INT64[0] <= value <= _INT64[1]
+
+
+def import_ledger(keys: Keys, document: dict[str, Any]) -> Flow[int]:
+    """Write an export's ledger into ``keys``' namespace, which must hold no ledger yet."""
+    commands = import_commands(keys, document)
+    used = (yield from _scan(_ledger_pattern(keys))) + (yield from _scan(_spend_pattern(keys)))
+    if any(_BOOKS.fullmatch(k.removeprefix(f"{{{keys.namespace}:")) for k in used):
+        raise ConfigError(f"namespace {keys.namespace!r} already has a ledger: import into an empty one")
     if commands:
-        yield Commands(tuple(commands), transaction=True)
-    return len(document.get("ledger", {}))
+        yield Commands(commands, transaction=True)
+    return len(document["ledger"]) if "ledger" in document else 0
