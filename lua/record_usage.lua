@@ -16,7 +16,8 @@
 -- ARGV[6]    the request id ("": none, not idempotent)
 -- ARGV[7]    usage event: 0 for none, else the stream's cap (approximate MAXLEN)
 -- ARGV[8]    the tenant ("" for none; then 6 keys, else 11)
--- ARGV[9..]  field, increment pairs (integer strings; fields plain names)
+-- ARGV[9..]  field, increment pairs, at most 64 (positive integer strings: counters only grow;
+--            fields plain names)
 --
 -- returns {1, now_ms} recorded; {0, now_ms} already recorded under this request id;
 --         {2, now_ms} the bucket indexes disagree with the server's clock: name the keys

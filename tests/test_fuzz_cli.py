@@ -226,9 +226,11 @@ def test_a_command_exits_with_a_message_never_a_traceback(
     rb: redis.Redis,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
     command: str,
     data: st.DataObject,
 ) -> None:
+    monkeypatch.chdir(tmp_path)  # a fuzzed file name (an --output, say) lands in the test's own directory
     rb.flushall()
     seed(redis_url)
     argv = COMMANDS[command](data, Files(tmp_path))

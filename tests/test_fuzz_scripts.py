@@ -87,7 +87,7 @@ def good_acquire(data: st.DataObject) -> Call:
 
 def _pairs(data: st.DataObject) -> list[Any]:
     chosen = data.draw(st.lists(st.sampled_from(FIELDS), unique=True, min_size=1, max_size=4))
-    return [part for name in chosen for part in (name, data.draw(st.integers(0, 10**6)))]
+    return [part for name in chosen for part in (name, data.draw(st.integers(1, 10**6)))]
 
 
 def _ledger(now: int | str, tenant: str) -> tuple[list[str], list[int]]:
@@ -325,9 +325,11 @@ def test_record_usage_fails_on_a_key_of_the_wrong_type_having_written_nothing(rb
     assert message.startswith("WRONGTYPE"), message  # not "would overflow"
 
 
-@pytest.mark.parametrize("by", ["007", "-0", "+1", "1.0"])
-def test_record_usage_refuses_an_increment_hincrby_would(rb: redis.Redis, by: str) -> None:
-    assert "must be an integer" in refused(rb, "record_usage", *_record(pairs=("requests", by)))
+@pytest.mark.parametrize("by", ["007", "-0", "+1", "1.0", "0", "-5"])
+def test_record_usage_refuses_an_increment_hincrby_would_or_that_takes_away(rb: redis.Redis, by: str) -> None:
+    """HINCRBY refuses "007" and "-0": that failed the call as an "overflow". A counter that
+    held 0 (a zero or negative increment left it so) was deleted by the undo of a failed call."""
+    assert "must be a positive integer" in refused(rb, "record_usage", *_record(pairs=("requests", by)))
 
 
 def test_record_usage_takes_at_most_64_counters(rb: redis.Redis) -> None:

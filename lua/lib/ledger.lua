@@ -1,7 +1,8 @@
 -- lib/ledger.lua: adding usage to ledger counters (used by record_usage and settle).
 
--- Parse "field, increment" pairs from ARGV[first..last] (at most 64, none "-0" nor with a
--- leading zero: HINCRBY would refuse it); nil and an error reply if bad.
+-- Parse "field, increment" pairs from ARGV[first..last]: at most 64, each increment a positive
+-- integer (counters only grow, so a field this call finds holding just its increment is one it
+-- made; HINCRBY refuses a leading zero); nil and an error reply if bad.
 local function usage_pairs(first, last)
   local out = {}
   if last - first >= 128 then
@@ -9,9 +10,8 @@ local function usage_pairs(first, last)
   end
   for j = first, last, 2 do
     local field, by = ARGV[j], ARGV[j + 1]
-    if field == nil or field == '' or by == nil or #by > 19
-        or not (string.match(by, '^%-?[1-9]%d*$') or by == '0') then
-      return nil, redis.error_reply('ERR_ARGS increment ' .. tostring(field) .. ' must be an integer')
+    if field == nil or field == '' or by == nil or #by > 19 or not string.match(by, '^[1-9]%d*$') then
+      return nil, redis.error_reply('ERR_ARGS increment ' .. tostring(field) .. ' must be a positive integer')
     end
     out[#out + 1] = {field, by}
   end
@@ -37,17 +37,16 @@ local function add_usage(first, last, pairs_)
         local failure = string.match(ok.err, '^WRONGTYPE') and ok.err .. '; nothing recorded'
           or 'ERR_OVERFLOW ' .. p[1] .. ' of ' .. KEYS[k] .. ' would overflow; nothing recorded'
         for _, d in ipairs(done) do
-          local by = d[3]
           if d[4] then
             redis.call('HDEL', d[1], d[2])
-          elseif by ~= '0' then  -- Redis refuses "-0"
-            redis.call('HINCRBY', d[1], d[2], string.sub(by, 1, 1) == '-' and string.sub(by, 2) or '-' .. by)
+          else
+            redis.call('HINCRBY', d[1], d[2], '-' .. d[3])
           end
         end
         return redis.error_reply(failure)
       end
-      -- The field was new if it now holds just the increment (or held 0: deleting it then
-      -- changes nothing a reader sees, an absent counter reads as 0).
+      -- The field was new if it now holds just the increment (a counter that held 0, which no
+      -- script leaves, would be deleted: an absent counter reads as 0 all the same).
       done[#done + 1] = {KEYS[k], p[1], p[2], ok == tonumber(p[2])}
     end
   end

@@ -38,6 +38,8 @@ __all__ = [
 ]
 
 _HOUR_MS, _DAY_MS = 3_600_000, 86_400_000
+_MAX_S = 253_402_300_799  # the end of year 9999 (UTC), as datetimes go
+_MAX_BUCKETS = 10_000  # buckets one statistics or usage read names (27 years of days)
 _INTS = ("requests", "successes", "failures", "input_tokens", "output_tokens", "cost_units", "latency_count")
 
 
@@ -110,8 +112,8 @@ def _ms(value: datetime | float | int) -> int:
         if value.tzinfo is None:
             raise ConfigError("since/until must be timezone-aware datetimes (or epoch seconds)")
         return int(value.timestamp() * 1000)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"since/until must be datetimes or epoch seconds, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not -_MAX_S <= value <= _MAX_S:  # NaN too
+        raise ConfigError(f"since/until must be datetimes or epoch seconds (up to year 9999), got {value!r}")
     return int(value * 1000)
 
 
@@ -126,7 +128,10 @@ def _ledger_keys(
     if end < start:
         raise ConfigError("until is before since")
     period, width = ("h", _HOUR_MS) if end - start <= 90 * _DAY_MS else ("d", _DAY_MS)
-    return [keys.ledger(model_key, period, i, tenant) for i in range(start // width, end // width + 1)]
+    indexes = range(start // width, end // width + 1)
+    if len(indexes) > _MAX_BUCKETS:  # day buckets are kept 2 years: such a span is mostly empty
+        raise ConfigError(f"since..until spans {len(indexes)} days: at most {_MAX_BUCKETS} (or all time)")
+    return [keys.ledger(model_key, period, i, tenant) for i in indexes]
 
 
 def _counters(totals: UsageTotals) -> dict[str, int]:
@@ -240,7 +245,7 @@ def usage(
     if end < start:
         raise ConfigError("until is before since")
     indexes = range(start // width, end // width + 1)
-    if len(indexes) > 10_000:
+    if len(indexes) > _MAX_BUCKETS:
         raise ConfigError(f"{len(indexes)} points: use a coarser granularity (at most 10,000 points)")
     replies = yield Commands(
         tuple(("HGETALL", keys.ledger(model.key, period, i, tenant)) for i in indexes), transaction=False
