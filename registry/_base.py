@@ -334,7 +334,10 @@ class RegistryBase:
         """A refusal remembered locally until its retry_after (``cache_denials=True``)."""
         if not self.cache_denials:
             return None
-        held = self._denials.get((model_key, tenant))
+        try:
+            held = self._denials.get((model_key, tenant))
+        except TypeError:  # an unhashable key or tenant: the acquire says what is wrong with it
+            return None
         if held is None:
             return None
         until, decision = held
@@ -548,7 +551,8 @@ class RegistryBase:
             raise ConfigError(f"model key must be a string, got {type(model_key).__name__}")
         try:
             parse_model_key(model_key)
-        except ValueError as exc:
+            model_key.encode()  # a lone surrogate (bytes that were not UTF-8) is in no key
+        except ValueError as exc:  # UnicodeEncodeError too
             raise ConfigError(str(exc)) from None
         return model_key
 

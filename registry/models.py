@@ -54,8 +54,9 @@ def validate_name(value: str, *, what: str = "name", max_length: int = MAX_ID_LE
 
     Model names contain ``/``, ``:``, ``.``, ``@`` and ``-`` (``anthropic.claude-3-haiku-
     20240307-v1:0``, ``accounts/fireworks/models/llama-v3``), so those pass. Refused: an empty
-    or overlong name, braces (they would change a key's cluster hash tag), whitespace and
-    control or format characters.
+    or overlong name, braces (they would change a key's cluster hash tag), whitespace, control
+    or format characters, and lone surrogates (what Python makes of bytes that are not UTF-8:
+    no key can hold one).
     """
     if not value:
         raise ValueError(f"{what} must not be empty")
@@ -64,7 +65,7 @@ def validate_name(value: str, *, what: str = "name", max_length: int = MAX_ID_LE
     for ch in value:
         if ch in "{}":
             raise ValueError(f"{what} {value!r} contains a brace, which would break Redis keys")
-        if ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Zs"):
+        if ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp", "Zs"):
             raise ValueError(f"{what} {value!r} contains whitespace or a control character (U+{ord(ch):04X})")
     return value
 

@@ -380,8 +380,9 @@ def rb(redis_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def fuzz_registry(make_registry: Any) -> Any:
-    """A client (sync or async) on namespace ``fuzz``, whose sleeps raise :class:`Slept`."""
-    reg = make_registry(namespace=NS)
+    """A client (sync or async) on namespace ``fuzz`` that remembers refusals, whose sleeps
+    raise :class:`Slept`."""
+    reg = make_registry(namespace=NS, cache_denials=True)
 
     def sleep(seconds: float) -> None:
         raise Slept(seconds)
@@ -582,9 +583,28 @@ FOUND: dict[str, Callable[[Context], Any]] = {
     "release charges None": lambda c: c.reg.release(msgspec.structs.replace(c.held, charges=None)),
     "release bad budget period": lambda c: c.reg.release(msgspec.structs.replace(c.held, budgets=(("*",),))),
     "settle latency str": lambda c: c.reg.settle(c.held, 1, 1, True, "5"),
+    # sent as the script's expected revision: a ScriptError, a bare DataError or UnicodeEncodeError
+    "delete_model expected_revision str": lambda c: c.reg.delete_model(GPT, expected_revision="1"),
+    "delete_model expected_revision bool": lambda c: c.reg.delete_model(GPT, expected_revision=True),
+    "update_model expected_revision float": lambda c: c.reg.update_model(GPT, {"name": "x"}, expected_revision=1.5),
+    # InvalidOperation from quantizing 10^108 units
+    "set_budget amount 1e99": lambda c: c.reg.set_budget("acme", "1e99"),
+    # a lone surrogate (argv bytes that are not UTF-8) passed as a name: UnicodeEncodeError
+    "budget_status tenant surrogate": lambda c: c.reg.budget_status("\udcff"),
+    "acquire tenant surrogate": lambda c: c.reg.acquire(GPT, 1, tenant="a\udcff"),
+    "register_model id surrogate": lambda c: c.reg.register_model(model(id="x\udcff")),
+    "delete_model key surrogate": lambda c: c.reg.delete_model("openai:\udcff"),
+    "record_usage request id surrogate": lambda c: c.reg.record_usage(GPT, 1, 1, request_id="\udcff"),
     "record_usage latency str": lambda c: c.reg.record_usage(GPT, 1, 1, True, "5"),
     # AttributeError / TypeError / InvalidOperation from inside
     "get_statistics currency None": lambda c: c.reg.get_statistics(currency=None),
+    "get_statistics since NaN": lambda c: c.reg.get_statistics(since=math.nan, until=1.0),
+    "usage until inf": lambda c: c.reg.usage(GPT, 0, math.inf),
+    "usage until 10**30": lambda c: c.reg.usage(GPT, 0, 10**30),
+    "usage granularity list": lambda c: c.reg.usage(GPT, 0, 1, []),
+    # three million day keys asked for (ten billion up to 10**12 s): memory, a pipeline without end
+    "get_statistics over 8,000 years": lambda c: c.reg.get_statistics(since=0, until=253_402_300_799),
+    "get_statistics until 10**12": lambda c: c.reg.get_statistics(since=0, until=10**12),
     "search_models provider int": lambda c: c.reg.search_models(provider=5),
     "search_models currency int": lambda c: c.reg.search_models(currency=5),
     "list_models status bool": lambda c: c.reg.list_models(status=True),
@@ -595,6 +615,7 @@ FOUND: dict[str, Callable[[Context], Any]] = {
     "load_config NUL": lambda c: c.reg.load_config("a\x00b"),
     "route max_cost bytes": lambda c: c.reg.route(input_tokens=1, max_cost=b"x"),
     "route candidates int": lambda c: c.reg.route(input_tokens=1, candidates=5),
+    "route candidates of lists": lambda c: c.reg.route(input_tokens=1, candidates=[[GPT]]),
     "events None": lambda c: c.reg.events(None),
     "events since_id bool": lambda c: c.reg.events(since_id=True),
     # restore: a bare TypeError, a catalog hash overwritten as a "ledger" key, the ledger
@@ -602,6 +623,18 @@ FOUND: dict[str, Callable[[Context], Any]] = {
     "restore catalog None": lambda c: c.reg.restore({"format": "registry-export/1", "catalog": None}),
     "restore a catalog key as ledger": lambda c: c.reg.restore(
         {"format": "registry-export/1", "ledger": {"catalog}:meta": {"counters": {"revision": 1}}}}
+    ),
+    "restore a surrogate": lambda c: c.reg.restore(
+        {"format": "registry-export/1", "ledger": {"adm:openai:gpt-4}:l:total": {"counters": {"\udcff": 1}}}}
+    ),
+    "restore an empty counter name": lambda c: c.reg.restore(
+        {"format": "registry-export/1", "ledger": {"adm:openai:gpt-4}:l:total": {"counters": {"": 1}}}}
+    ),
+    "restore a ttl of text": lambda c: c.reg.restore(
+        {"format": "registry-export/1", "ledger": {"adm:a:b}:l:total": {"counters": {"x": 1}, "ttl_ms": "1"}}}
+    ),
+    "restore members of a set not a list": lambda c: c.reg.restore(
+        {"format": "registry-export/1", "ledger": {"adm:a:b}:l:tenants": {"members": "acme"}}}
     ),
     "restore a model twice": lambda c: c.reg.restore(
         {

@@ -15,7 +15,9 @@ and a command that fails has written nothing. Long-running commands are left out
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,7 +72,11 @@ WORDS = [
     "\udcff",
     *(name for name in HOSTILE_NAMES if "\x00" not in name),
 ]
-WORD = st.one_of(st.sampled_from(WORDS), st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=8))
+# No NUL: no process can be given one in its argv (a lone surrogate it can: bytes not UTF-8).
+WORD = st.one_of(
+    st.sampled_from(WORDS),
+    st.text(alphabet=st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=8),
+)
 FILE_CONTENTS: list[bytes | None] = [
     None,  # a directory
     b"",
@@ -218,6 +224,24 @@ def seed(redis_url: str) -> None:
         reg.record_usage("openai:gpt-4", 10, 5, tenant="acme", request_id="r1")
 
 
+def run_main(argv: list[str]) -> tuple[int, str, str]:
+    """``main(argv)`` with the standard streams of a real process (pytest's capture is stricter
+    than a real stderr): UTF-8 on both, a character it cannot encode an error on stdout and an
+    escape on stderr (Python's ``backslashreplace``)."""
+    out, err = io.BytesIO(), io.BytesIO()
+    streams = (
+        io.TextIOWrapper(out, encoding="utf-8", errors="strict", write_through=True),
+        io.TextIOWrapper(err, encoding="utf-8", errors="backslashreplace", write_through=True),
+    )
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = streams
+    try:
+        code = main(argv)
+    finally:
+        sys.stdout, sys.stderr = saved
+    return code, out.getvalue().decode(), err.getvalue().decode()
+
+
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 @fuzz_settings(0.5)
 @given(data=st.data())
@@ -225,7 +249,6 @@ def test_a_command_exits_with_a_message_never_a_traceback(
     redis_url: str,
     rb: redis.Redis,
     tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
     command: str,
     data: st.DataObject,
@@ -238,10 +261,8 @@ def test_a_command_exits_with_a_message_never_a_traceback(
     namespace = data.draw(st.sampled_from([NS] * 8 + ["", "a:b", "{x}", "\udcff", "x" * 65]), label="namespace")
     if command == "export" and data.draw(st.booleans()):
         argv += ["--json"]
-    capsys.readouterr()
     before = RedisState.of(rb)
-    code = main(["--redis-url", url, "--namespace", namespace, *argv])
-    out, err = capsys.readouterr()
+    code, out, err = run_main(["--redis-url", url, "--namespace", namespace, *argv])
     event(f"exit {code}")
     assert code in (0, 1, 2), (argv, code, err)
     assert "Traceback" not in err, err
@@ -251,3 +272,42 @@ def test_a_command_exits_with_a_message_never_a_traceback(
         assert said, (argv, code, out, err)  # "registry: error: ..." or argparse's usage message
         changed = before.changed(RedisState.of(rb))
         assert not changed, f"{argv} failed ({err.strip()}) after writing {sorted(changed)}"
+
+
+# -- what the fuzzing found: each case once, by hand ----------------------------------------------
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("argv", "content", "expected"),
+    [
+        # RecursionError from json / msgspec: a traceback
+        (["import", "dump"], DEEP, 2),
+        (["sync"], DEEP, 2),
+        (["import", "litellm"], DEEP, 2),
+        # UnicodeDecodeError reading the file to compare: it differs
+        (["schema", "--check"], b"\xff\xfe", 1),
+        # a file name that is not UTF-8 (a lone surrogate here), printed back: UnicodeEncodeError
+        (["export", "--output"], None, 0),
+        (["import", "dump"], None, 2),
+    ],
+    ids=["import dump nested", "sync nested", "import litellm nested", "schema --check binary", "export", "dump"],
+)
+def test_what_the_fuzzing_found_exits_with_a_message(
+    redis_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    content: bytes | None,
+    expected: int,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    name = "\udcff.json"
+    if content is not None:
+        name = "file.json"
+        (tmp_path / name).write_bytes(content)
+    seed(redis_url)
+    code, out, err = run_main(["--redis-url", redis_url, "--namespace", NS, *argv, name])
+    assert (code, "Traceback" in out + err) == (expected, False), (out, err)
+    assert "\\udcff" in out + err or content is not None

@@ -62,6 +62,9 @@ def candidates(
     if keys is not None:
         if isinstance(keys, str | bytes | Mapping) or not isinstance(keys, Iterable):
             raise ConfigError("candidates must be a list of model keys")
+        keys = list(keys)
+        if not all(isinstance(k, str) for k in keys):
+            raise ConfigError(f"candidates must be model keys (strings), got {keys!r}")
         pool = [snapshot.get(k) for k in keys]  # an unknown key is an error, not a silent skip
         rows = [snapshot.rows[m.key] for m in pool]
         models = [row.model for row in rows if query.matches(row)]

@@ -68,9 +68,20 @@ def check_tenant(tenant: str | None) -> str | None:
 
 
 def check_request_id(request_id: str | None) -> str | None:
-    if request_id is not None and (not isinstance(request_id, str) or not 0 < len(request_id) <= 128):
+    if request_id is not None and (
+        not isinstance(request_id, str) or not 0 < len(request_id) <= 128 or not _encodable(request_id)
+    ):
         raise ConfigError(f"request_id must be a string of 1 to 128 characters, got {request_id!r}")
     return request_id
+
+
+def _encodable(text: str) -> bool:
+    """No lone surrogate (what Python makes of bytes that were not UTF-8): it can be in a key."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 _MAX_MS = 2**53 - 1  # what the scripts take as a time or an amount (exact in Lua)
@@ -108,7 +119,7 @@ def check_reservation(reservation: Any) -> Reservation:
     problem = None
     if not _model_key(r.model_key):
         problem = "model_key"
-    elif not (type(r.id) is str and 0 < len(r.id) <= 128):
+    elif not (type(r.id) is str and 0 < len(r.id) <= 128 and _encodable(r.id)):
         problem = "id"
     elif r.tenant is not None and (type(r.tenant) is not str or r.tenant == "*" or not _valid_tenant(r.tenant)):
         problem = "tenant"

@@ -103,6 +103,8 @@ def write(keys: Keys, writes: Sequence[Write], *, events_cap: int = EVENTS_CAP) 
     for w in writes:
         if not w.key.startswith(Keys.BUDGET_MEMBER_PREFIX):
             parse_model_key(w.key)
+        if w.expected is not None and (type(w.expected) is not int or w.expected < 0):
+            raise ConfigError(f"expected_revision must be None or an integer >= 0, got {w.expected!r}")
         if w.key in seen:
             raise ConfigError(f"the batch writes {w.key} twice")
         seen.add(w.key)

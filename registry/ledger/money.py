@@ -28,7 +28,10 @@ def to_units(amount: Decimal) -> int:
     if not isinstance(amount, Decimal) or not amount.is_finite():
         raise ConfigError(f"amount must be a finite Decimal, got {amount!r}")
     context = decimal.Context(prec=60, rounding=decimal.ROUND_HALF_EVEN)
-    units = int(context.quantize(context.multiply(amount, Decimal(UNITS_PER_MAJOR)), _QUANTUM))
+    try:
+        units = int(context.quantize(context.multiply(amount, Decimal(UNITS_PER_MAJOR)), _QUANTUM))
+    except decimal.InvalidOperation:  # more than 60 digits of units: far beyond the bound below
+        units = MAX_UNITS + 1
     if abs(units) > MAX_UNITS:
         raise ConfigError(f"amount {amount} is beyond what a ledger counter holds")
     return units

@@ -238,7 +238,7 @@ def usage(
     Minute buckets are kept 2 days, hour buckets 90 days, day buckets 2 years; a series
     reaching further back shows zeros there.
     """
-    if granularity not in _PERIODS:
+    if not isinstance(granularity, str) or granularity not in _PERIODS:
         raise ConfigError(f"granularity must be one of {sorted(_PERIODS)}, got {granularity!r}")
     period, width = _PERIODS[granularity]
     start, end = _ms(since), _ms(until)

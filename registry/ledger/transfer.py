@@ -93,12 +93,12 @@ def import_commands(keys: Keys, document: Any) -> tuple[tuple[Any, ...], ...]:
         raise ConfigError("ledger: expected an object of ledger keys")
     commands: list[tuple[Any, ...]] = []
     for suffix, entry in sorted(ledger.items(), key=lambda item: str(item[0])):
-        if not isinstance(suffix, str) or not _BOOKS.fullmatch(suffix) or not isinstance(entry, dict):
+        if not _name(suffix) or not _BOOKS.fullmatch(suffix) or not isinstance(entry, dict):
             raise ConfigError(f"ledger entry {suffix!r}: not a ledger key of an export")
         key = f"{{{keys.namespace}:{suffix}"
         if _is_set(key):
             members = entry.get("members")
-            if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+            if not isinstance(members, list) or not members or not all(map(_name, members)):
                 raise ConfigError(f"ledger entry {suffix!r}: members must be names")
             commands.append(("SADD", key, *members))
             continue
@@ -115,7 +115,18 @@ def import_commands(keys: Keys, document: Any) -> tuple[tuple[Any, ...], ...]:
 
 
 def _counter(field: Any, value: Any) -> bool:
-    return isinstance(field, str) and field != "" and type(value) is int and _INT64[0] <= value <= _INT64[1]
+    return _name(field) and type(value) is int and _INT64[0] <= value <= _INT64[1]
+
+
+def _name(value: Any) -> bool:
+    """A non-empty string Redis can be sent (json.loads makes lone surrogates of "\\udcff")."""
+    if not isinstance(value, str) or not value:
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def import_ledger(keys: Keys, document: dict[str, Any]) -> Flow[int]:
