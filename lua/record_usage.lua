@@ -13,22 +13,26 @@
 -- ARGV[1]    now in ms, or "" to use the server's TIME (the testing clock hook)
 -- ARGV[2..4] the minute, hour and day indexes the client named the bucket keys after
 -- ARGV[5]    the request id marker's TTL in ms
--- ARGV[6]    the request id ("": none, not idempotent)
--- ARGV[7]    usage event: 0 for none, else the stream's cap (approximate MAXLEN)
--- ARGV[8]    the tenant ("" for none; then 6 keys, else 11)
--- ARGV[9..]  field, increment pairs, at most 64 (positive integer strings: counters only grow;
+-- ARGV[6]    this call's nonce (1 to 32 letters and digits), kept in the request id's marker:
+--            the same call sent again (its reply lost, re-sent by the client's own retry) is
+--            told it recorded, where another call with the same request id is told it did not
+-- ARGV[7]    the request id ("": none, not idempotent)
+-- ARGV[8]    usage event: 0 for none, else the stream's cap (approximate MAXLEN)
+-- ARGV[9]    the tenant ("" for none; then 6 keys, else 11)
+-- ARGV[10..] field, increment pairs, at most 64 (positive integer strings: counters only grow;
 --            fields plain names)
 --
--- returns {1, now_ms} recorded; {0, now_ms} already recorded under this request id;
+-- returns {1, now_ms} recorded (by this call, or by this very call sent before); {0, now_ms}
+--         already recorded under this request id by another call;
 --         {2, now_ms} the bucket indexes disagree with the server's clock: name the keys
 --         after now_ms and call again. A counter that would overflow raises an error after
 --         undoing what this call added.
 --! include common
 --! include ledger
 
-local tenant = ARGV[8]
-if #ARGV < 8 or #ARGV % 2 ~= 0 or #KEYS ~= ((tenant == '') and 6 or 11) then
-  return redis.error_reply('ERR_ARGS expected 6 keys (11 with a tenant) and 8 + 2k args')
+local tenant = ARGV[9]
+if #ARGV < 9 or #ARGV % 2 ~= 1 or #KEYS ~= ((tenant == '') and 6 or 11) then
+  return redis.error_reply('ERR_ARGS expected 6 keys (11 with a tenant) and 9 + 2k args')
 end
 if not distinct_keys() then
   return redis.error_reply('ERR_ARGS a key is given twice')
@@ -41,21 +45,31 @@ local ttl = tonumber(ARGV[5])
 if not whole(ttl, 1, 2592000000) then
   return redis.error_reply('ERR_ARGS id ttl must be an integer from 1 to 2592000000 ms')
 end
-local cap = tonumber(ARGV[7])
+local nonce = ARGV[6]
+if not string.find(nonce, '^%w+$') or #nonce > 32 then
+  return redis.error_reply('ERR_ARGS nonce must be 1 to 32 letters and digits')
+end
+local cap = tonumber(ARGV[8])
 if not whole(cap, 0, 100000000) then
   return redis.error_reply('ERR_ARGS event cap must be an integer from 0 to 100000000')
 end
-local pairs_, bad_pairs = usage_pairs(9, #ARGV)
+local pairs_, bad_pairs = usage_pairs(10, #ARGV)
 if not pairs_ then
   return bad_pairs
+end
+local request_id = ARGV[7]
+if request_id ~= '' then
+  local mark = redis.call('GET', KEYS[1])
+  if mark then  -- recorded before: by this very call (its nonce), or by another
+    return {(mark == nonce) and 1 or 0, now}
+  end
 end
 if not buckets_match(now, ARGV[2], ARGV[3], ARGV[4]) then
   return {2, now}
 end
 local new_tenant = check_notes(KEYS[2], cap, tenant, KEYS[11])
-local request_id = ARGV[6]
-if request_id ~= '' and not redis.call('SET', KEYS[1], now, 'NX', 'PX', ttl) then
-  return {0, now}
+if request_id ~= '' then
+  redis.call('SET', KEYS[1], nonce, 'PX', ttl)
 end
 local failed = add_usage(3, (tenant == '') and 6 or 10, pairs_)
 if failed then

@@ -382,6 +382,7 @@ class RegistryBase:
         success: bool,
         latency_ms: float | None,
         release: bool = False,
+        throttled: bool = False,
     ) -> Flow[bool]:
         """Settle (recording the usage in the model's ledger, same script) or release."""
         if latency_ms is not None and (_not_a_number(latency_ms) or not latency_ms >= 0):
@@ -402,6 +403,7 @@ class RegistryBase:
                 model=None if row is None else row.model,  # a model since deleted: windows only
                 success=success,
                 latency_ms=latency_ms,
+                throttled=throttled,
                 predicted_ms=self._predicted_ms(),
                 sample_cap=self._sample_cap(),
                 budgets={(b.scope, b.period): b for b in tenant_budgets},
@@ -423,6 +425,7 @@ class RegistryBase:
         latency_ms: float | None,
         tenant: str | None,
         request_id: str | None,
+        throttled: bool = False,
     ) -> Flow[UsageRecord]:
         model = snapshot.get(self._key(model_key))
 
@@ -436,6 +439,7 @@ class RegistryBase:
                 latency_ms=latency_ms,
                 tenant=tenant,
                 request_id=request_id,
+                throttled=throttled,
                 now_ms=self._now_ms(),
                 predicted_ms=self._predicted_ms(),
                 sample_cap=self._sample_cap(),
@@ -443,7 +447,9 @@ class RegistryBase:
             )
 
         def priced() -> UsageRecord:  # spooled: what the ledger will add, priced here
-            usage = ledger.Usage.of(model, input_tokens, output_tokens, bool(success), latency_ms, tenant)
+            usage = ledger.Usage.of(
+                model, input_tokens, output_tokens, bool(success), latency_ms, tenant, bool(throttled)
+            )
             return UsageRecord(True, usage.cost, usage.units, self._predicted_ms())
 
         # A record without an id gets one for its replays, so that two replays count once.

@@ -499,9 +499,17 @@ class Registry(RegistryBase):
         output_tokens: int | None = None,
         success: bool = True,
         latency_ms: float | None = None,
+        *,
+        throttled: bool = False,
     ) -> bool:
-        """Replace the reserved estimate with the real counts, once; False if already settled."""
-        flow = self._settle_flow(self._catalog(), reservation, input_tokens, output_tokens, success, latency_ms)
+        """Replace the reserved estimate with the real counts, once; False if already settled.
+
+        ``throttled``: the provider refused the request for its own rate limit (HTTP 429); it
+        counts as a failure and in the ledger's ``throttled`` counter.
+        """
+        flow = self._settle_flow(
+            self._catalog(), reservation, input_tokens, output_tokens, success, latency_ms, throttled=throttled
+        )
         return self._run(flow)
 
     def release(self, reservation: Reservation) -> bool:
@@ -602,14 +610,16 @@ class Registry(RegistryBase):
         latency_ms: float | None = None,
         tenant: str | None = None,
         request_id: str | None = None,
+        *,
+        throttled: bool = False,
     ) -> UsageRecord:
         """Add one request's tokens, exact cost, outcome and latency to the ledger, atomically.
 
         With a ``request_id`` it counts once however often it is sent (24 h memory); the
-        result says whether this call was the one that counted.
+        result says whether this call was the one that counted. ``throttled`` as in :meth:`settle`.
         """
         flow = self._record_flow(
-            self._catalog(), model_key, input_tokens, output_tokens, success, latency_ms, tenant, request_id
+            self._catalog(), model_key, input_tokens, output_tokens, success, latency_ms, tenant, request_id, throttled
         )
         return self._learned(self._run(flow))
 

@@ -115,6 +115,11 @@ def _labels(view: ModelView) -> list[str]:
 def fleet_metrics(view: FleetView) -> list[Metric]:
     """Every metric family of one fleet view (see the module docstring); no I/O."""
     requests = CounterMetricFamily("registry_requests", "Requests recorded in the ledger.", labels=[*_MODEL, "outcome"])
+    throttled = CounterMetricFamily(
+        "registry_provider_throttled",
+        "Requests the provider refused for its own rate limit (HTTP 429), also counted as failures.",
+        labels=_MODEL,
+    )
     input_tokens = CounterMetricFamily("registry_input_tokens", "Input (prompt) tokens recorded.", labels=_MODEL)
     output_tokens = CounterMetricFamily("registry_output_tokens", "Output tokens recorded.", labels=_MODEL)
     cost = CounterMetricFamily("registry_cost", f"Cost recorded, {_MONEY}.", labels=[*_MODEL, "currency"])
@@ -143,6 +148,7 @@ def fleet_metrics(view: FleetView) -> list[Metric]:
         total: UsageTotals = mv.total
         requests.add_metric([*labels, "success"], total.successes)
         requests.add_metric([*labels, "failure"], total.failures)
+        throttled.add_metric(labels, total.throttled)
         input_tokens.add_metric(labels, total.input_tokens)
         output_tokens.add_metric(labels, total.output_tokens)
         cost.add_metric([*labels, currency], _money(total.total_cost))
@@ -203,6 +209,7 @@ def fleet_metrics(view: FleetView) -> list[Metric]:
 
     return [
         requests,
+        throttled,
         input_tokens,
         output_tokens,
         cost,

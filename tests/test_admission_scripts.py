@@ -13,6 +13,7 @@ marks the acquire's token as settled for what is left of the reservation TTL.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -30,6 +31,8 @@ TOKEN = "tok-one"  # the token every acquire below passes unless it says otherwi
 OWN = f"{{adm:m}}:r:{TOKEN}"  # no caller-given id: named after the token, never read nor written
 HELD, HELD_TOKEN = "{adm:m}:r:held", "tok-held"  # the reservation seed() writes
 HELD_MARKER = f"{{adm:m}}:s:{HELD_TOKEN}"  # its settle marker
+NONCE = "n0nce1"  # a settle call's nonce (the marker keeps it)
+CALLS = itertools.count(1)  # settle() calls are new calls, each with its own nonce
 RPM, TPM, RPD = "{adm:m}:w:rpm", "{adm:m}:w:tpm", "{adm:m}:w:rpd"
 WINDOWS = {"requests_per_minute": RPM, "tokens_per_minute": TPM, "requests_per_day": RPD}
 DENIED = "{adm:m}:l:denied"  # the model's denial counters: every acquire passes them
@@ -141,10 +144,12 @@ def settle(
     at: int = NOW,
     ttl: int = TTL,
     ledger: tuple[list[str], list[Any]] | None = None,
+    nonce: str | None = None,
 ) -> list[int]:
     """Settle the acquire that drew ``token`` (admitted ``at`` for ``ttl`` ms, under the
-    reservation key ``res``): charge i moves to ``amounts[i]``."""
-    args: list[Any] = [now, len(charges), token, at, ttl]
+    reservation key ``res``), as the call ``nonce`` (a new call's by default): charge i moves
+    to ``amounts[i]``."""
+    args: list[Any] = [now, len(charges), token, at, ttl, nonce or f"call{next(CALLS)}"]
     for (_key, name, bucket, cost, window, size), amount in zip(charges, amounts, strict=True):
         args += [name, bucket, cost, window, size, amount]
     keys = [marker(token), res, *(c[0] for c in charges)]
@@ -702,9 +707,9 @@ def test_settle_moves_each_amount_once(r: redis.Redis, res: str) -> None:
     acquire(r, limits, res=res)
     acquire(r, [rpm(), tpm(100)], res="{adm:m}:r:two", token="other")
     later = NOW + 30_000
-    assert settle(r, charged(limits), [1, 120, 1], now=later, res=res) == [1, later]
+    assert settle(r, charged(limits), [1, 120, 1], now=later, res=res, nonce=NONCE) == [1, later]
     assert r.exists(res) == 0  # a caller-given id is free again (an own-token one never existed)
-    assert r.get(marker()) == "1"
+    assert r.get(marker()) == NONCE
     assert r.hgetall(TPM) == {str(SEC): "220", "_sum": "220", "_low": str(SEC)}
     assert r.hgetall(RPM) == {str(SEC): "2", "_sum": "2", "_low": str(SEC)}
     assert r.hgetall(RPD) == {str(QUARTER): "1", "_sum": "1", "_low": str(QUARTER)}
@@ -716,6 +721,10 @@ def test_settle_moves_each_amount_once(r: redis.Redis, res: str) -> None:
     assert settle(r, charged(limits), [1, 120, 1], now=later + 1, res=res) == [0, later + 1]
     assert settle(r, charged(limits), [0, 0, 0], now=later + 2, res=res) == [0, later + 2]  # nor a release
     assert settle(r, charged(limits), [1, 5_000, 1], now=later + 3, res=res) == [0, later + 3]
+    assert dump(r) == before
+    # The very call sent again (its reply lost, re-sent by the client's retry): told it settled,
+    # and nothing moves twice.
+    assert settle(r, charged(limits), [1, 120, 1], now=later + 4, res=res, nonce=NONCE) == [1, later + 4]
     assert dump(r) == before
 
 
@@ -857,9 +866,9 @@ def test_a_settle_under_another_token_is_another_acquires(r: redis.Redis) -> Non
     for token in ("tok-other", TOKEN + "x", TOKEN[:-1], TOKEN.upper()):
         before = dump(r)
         # its amounts as charged: nothing to move in the windows
-        assert settle(r, charged(limits), [1, 300], now=NOW + 1, token=token) == [1, NOW + 1]
+        assert settle(r, charged(limits), [1, 300], now=NOW + 1, token=token, nonce=NONCE) == [1, NOW + 1]
         after = dump(r)
-        assert after.pop(marker(token))[:2] == ("string", "1")
+        assert after.pop(marker(token))[:2] == ("string", NONCE)
         assert after == before
     assert r.get(RES) == held
     assert settle(r, charged(limits), [0, 0], token=TOKEN) == [1, NOW]
@@ -947,10 +956,10 @@ def test_a_caller_given_id_of_another_type_does_not_break_settle(r: redis.Redis)
     r.hset(RES, mapping={"tok": TOKEN, "n": 0})
     r.pexpire(RES, 5_000_000)
     before = dump(r)
-    assert settle(r, charged([rpm()]), [0]) == [1, NOW]
+    assert settle(r, charged([rpm()]), [0], nonce=NONCE) == [1, NOW]
     after = dump(r)
     assert after[RES] == before[RES]
-    assert after[marker()][:2] == ("string", "1")
+    assert after[marker()][:2] == ("string", NONCE)
     assert buckets(r, RPM) == {}
 
 
@@ -977,11 +986,12 @@ def test_each_reservation_of_one_call_settles_on_its_own(r: redis.Redis) -> None
 
 def test_settle_records_the_usage_once(r: redis.Redis) -> None:
     """With its ledger part a settle adds the usage to the model's and the tenant's counters in
-    the same call, under the same marker: a second settle adds nothing either."""
+    the same call, under the same marker: a second settle adds nothing either, and the first
+    one sent again (a lost reply, re-sent by the client) is told it counted, adding nothing."""
     limits = [rpm(), tpm(300)]
     acquire(r, limits)
     part = ledger_part(tenant="acme", cap=10)
-    assert settle(r, charged(limits), [1, 120], ledger=part) == [1, NOW]
+    assert settle(r, charged(limits), [1, 120], ledger=part, nonce=NONCE) == [1, NOW]
     for key in part[0][1:9]:
         assert r.hgetall(key) == {"requests": "1", "input_tokens": "120"}, key
     assert r.smembers(TENANTS) == {"acme"}
@@ -990,6 +1000,9 @@ def test_settle_records_the_usage_once(r: redis.Redis) -> None:
     assert r.exists(RES) == 0
     before = dump(r)
     assert settle(r, charged(limits), [1, 120], ledger=part) == [0, NOW]
+    assert dump(r) == before
+    # Re-sent a minute later: its ledger keys name the old minute, yet the marker answers first.
+    assert settle(r, charged(limits), [1, 120], now=NOW + 60_000, ledger=part, nonce=NONCE) == [1, NOW + 60_000]
     assert dump(r) == before
 
 
@@ -1212,17 +1225,17 @@ def test_at_most_1024_requests(r: redis.Redis) -> None:
 
 
 SETTLE_KEYS = [HELD_MARKER, HELD, RPM, TPM]  # the held acquire's marker, its id, its two windows
-SETTLE_GOOD: list[Any] = [NOW, 2, HELD_TOKEN, NOW - 1_000, TTL]
+SETTLE_GOOD: list[Any] = [NOW, 2, HELD_TOKEN, NOW - 1_000, TTL, NONCE]
 SETTLE_GOOD += ["requests_per_minute", SEC - 1, 1, 60_000, 1_000, 1]
 SETTLE_GOOD += ["tokens_per_minute", SEC - 1, 900, 60_000, 1_000, 10]
 # ARGV positions (0-based here) in SETTLE_GOOD
-S_NOW, S_N, S_TOKEN, S_AT, S_TTL = range(5)
-S_NAME, S_BUCKET, S_COST, S_WINDOW, S_SIZE, S_AMOUNT = range(5, 11)  # the first charge; the second is 6 on (C2)
+S_NOW, S_N, S_TOKEN, S_AT, S_TTL, S_NONCE = range(6)
+S_NAME, S_BUCKET, S_COST, S_WINDOW, S_SIZE, S_AMOUNT = range(6, 12)  # the first charge; the second is 6 on (C2)
 C2 = 6
 LEDGER_KEYS, LEDGER_ARGS = ledger_part()
 TENANT_KEYS = ledger_part(tenant="acme")[0][len(LEDGER_KEYS) :]
 LEDGER_GOOD = [*SETTLE_GOOD, *LEDGER_ARGS]
-L_WORD, L_MINUTE, L_HOUR, L_DAY, L_ID, L_CAP, L_TENANT, L_FIELD, L_BY = range(17, 26)
+L_WORD, L_MINUTE, L_HOUR, L_DAY, L_ID, L_CAP, L_TENANT, L_FIELD, L_BY = range(18, 27)
 # Keys are taken from the front of this list: 4 without a ledger part, 9 with one, 14 with a tenant.
 KEY_POOL = [*SETTLE_KEYS, *LEDGER_KEYS, *TENANT_KEYS, "{adm:m}:extra"]
 PLAIN, LEDGER, TENANT = 4, 9, 14
@@ -1273,6 +1286,11 @@ BAD_SETTLE: dict[str, tuple[int, list[Any]]] = {
     "token with a tab": (PLAIN, with_settle_arg(S_TOKEN, "tok\theld")),
     "token with a newline": (PLAIN, with_settle_arg(S_TOKEN, "tok\nheld")),
     "token with a |": (PLAIN, with_settle_arg(S_TOKEN, "tok|held")),
+    "nonce empty": (PLAIN, with_settle_arg(S_NONCE, "")),
+    "nonce of 33 characters": (PLAIN, with_settle_arg(S_NONCE, "n" * 33)),
+    "nonce with a space": (PLAIN, with_settle_arg(S_NONCE, "n 1")),
+    "nonce with a colon": (PLAIN, with_settle_arg(S_NONCE, "n:1")),
+    "the layout before the nonce": (PLAIN, [*SETTLE_GOOD[:S_NONCE], *SETTLE_GOOD[S_NONCE + 1 :]]),
     **{f"at {how}": (PLAIN, with_settle_arg(S_AT, bad)) for how, bad in BAD_NUMBERS.items()},
     "ttl zero": (PLAIN, with_settle_arg(S_TTL, 0)),
     "ttl negative": (PLAIN, with_settle_arg(S_TTL, -5)),
@@ -1346,7 +1364,7 @@ def test_good_settle_arguments_are_good(r: redis.Redis) -> None:
     assert buckets(r, RPM) == {str(SEC - 61): "1", str(SEC - 1): "2"}
     assert r.hgetall(TPM) == {str(SEC - 1): "10", "_sum": "10", "_low": str(SEC - 1)}
     assert r.exists(HELD) == 0
-    assert r.get(HELD_MARKER) == "1"
+    assert r.get(HELD_MARKER) == NONCE
     r.flushall()
     seed(r)
     assert r.eval(scripts.load("settle").source, LEDGER, *KEY_POOL[:LEDGER], *LEDGER_GOOD) == [1, NOW]
@@ -1388,7 +1406,7 @@ def test_at_most_64_charges(r: redis.Redis) -> None:
 def test_settle_arguments_at_their_bounds(r: redis.Redis) -> None:
     seed(r)
     # The held acquire charged 1 to bucket SEC - 1: settled at 2^53 - 1 it holds that much more.
-    args = [NOW, 1, HELD_TOKEN, NOW - 1_000, TTL, "requests_per_minute", SEC - 1, 1, 60_000, 1_000, MAX]
+    args = [NOW, 1, HELD_TOKEN, NOW - 1_000, TTL, NONCE, "requests_per_minute", SEC - 1, 1, 60_000, 1_000, MAX]
     assert r.eval(scripts.load("settle").source, 3, HELD_MARKER, HELD, RPM, *args) == [1, NOW]
     assert buckets(r, RPM) == {str(SEC - 61): "1", str(SEC - 1): str(MAX + 1)}
     check_bookkeeping(r, RPM)

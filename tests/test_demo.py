@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,8 +38,11 @@ MINUTE = 60_000
 
 @pytest.fixture
 def short_lives(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Mortal workers die after 3 to 8 admissions, so that a short run sees deaths."""
-    monkeypatch.setattr(sc, "LIFETIME", (3, 8))
+    """Mortal workers die after 1 to 3 admissions, so that a short run sees deaths even on a loaded machine.
+
+    (3 to 8 once failed in CI: a slow 4 s run gave its one mortal worker fewer admissions than that.)
+    """
+    monkeypatch.setattr(sc, "LIFETIME", (1, 3))
 
 
 def demo_keys(redis_url: str) -> list[str]:
@@ -63,13 +67,13 @@ def test_demo_on_a_given_redis(run: Any, redis_url: str, short_lives: None) -> N
     for needle in (
         "openai:gpt-5.2                   requests_per_minute: max ",
         "tokens_per_minute: max ",
-        "openai:gpt-5.2 acme              tenant.requests_per_minute: max ",
         "spend       total                            workers $",
         "budget      acme                             spent $",
         "duplicates  record ",
         "fleet       workers                          0 errors, 0 settles or records that did not count",
     ):
         assert needle in out
+    assert re.search(r"openai:gpt-5.2 \w+ +tenant\.requests_per_minute: max ", out)  # a tenant's window
     assert "FAIL" not in out
     survived = next(line for line in lines if line.startswith("  survived: "))
     assert " by a limit, " in survived

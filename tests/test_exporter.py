@@ -329,7 +329,7 @@ def test_a_failure_to_build_the_metrics_is_up_0_too(caplog: pytest.LogCaptureFix
 def test_fleet_metrics_of_an_empty_fleet_has_every_family_and_no_series() -> None:
     families = fleet_metrics(FleetView(at_ms=0, models=()))
     assert all(not f.samples for f in families)
-    assert len({f.name for f in families}) == len(families) == 20
+    assert len({f.name for f in families}) == len(families) == 21
 
 
 def test_latency_buckets_turn_per_bucket_counts_cumulative() -> None:

@@ -100,6 +100,9 @@ def _ledger(now: int | str, tenant: str) -> tuple[list[str], list[int]]:
     return keys, indexes
 
 
+NONCES = st.sampled_from(["n1", "n2", "A" * 32])  # a call's own: two calls may share one (a re-send)
+
+
 def good_settle(data: st.DataObject) -> Call:
     token = data.draw(TOKENS)
     at = data.draw(st.integers(NOW - HOUR, NOW))
@@ -107,7 +110,7 @@ def good_settle(data: st.DataObject) -> Call:
     charges = data.draw(st.lists(st.sampled_from(LIMITS), unique=True, max_size=4))
     res = f"{A}:r:{token}" if data.draw(st.booleans()) else f"{A}:r:{data.draw(IDS)}"
     keys = [f"{A}:s:{token}", res] + [key for _, key, _, _ in charges]
-    args: list[Any] = [now, len(charges), token, at, data.draw(TTLS)]
+    args: list[Any] = [now, len(charges), token, at, data.draw(TTLS), data.draw(NONCES)]
     for name, _, window, bucket in charges:
         args += [name, at // bucket, data.draw(st.integers(0, 40)), window, bucket, data.draw(st.integers(0, 40))]
     if data.draw(st.booleans(), label="ledger"):
@@ -124,7 +127,8 @@ def good_record_usage(data: st.DataObject) -> Call:
     request_id = data.draw(st.sampled_from(["", "id1", "id2"]))
     ledger_keys, indexes = _ledger(now, tenant)
     keys = [f"{A}:l:id:{request_id or '-'}", EVENTS, *ledger_keys]
-    args = [now, *indexes, data.draw(st.integers(10_000, DAY)), request_id, data.draw(st.integers(0, 5)), tenant]
+    args = [now, *indexes, data.draw(st.integers(10_000, DAY)), data.draw(NONCES), request_id]
+    args += [data.draw(st.integers(0, 5)), tenant]
     return keys, args + _pairs(data)
 
 
@@ -314,7 +318,7 @@ def test_catalog_write_refuses_more_fields_than_it_can_write(rb: redis.Redis) ->
 def _record(tenant: str = "acme", cap: int = 5, pairs: tuple[Any, ...] = ("requests", 1)) -> Call:
     ledger_keys, indexes = _ledger(NOW, tenant)
     keys = [f"{A}:l:id:id1", EVENTS, *ledger_keys]
-    return keys, [NOW, *indexes, HOUR, "id1", cap, tenant, *pairs]
+    return keys, [NOW, *indexes, HOUR, "n1", "id1", cap, tenant, *pairs]
 
 
 @pytest.mark.parametrize("planted", [EVENTS, TENANTS, f"{A}:t:acme:l:total"], ids=["events", "tenants", "ledger"])
@@ -346,7 +350,7 @@ def test_settle_reads_the_ledgers_stream_and_tenant_set_before_writing(rb: redis
     plant(rb, planted, "set" if planted == EVENTS else "string")
     ledger_keys, indexes = _ledger(NOW, "acme")
     keys = [f"{A}:s:t1", f"{A}:r:t1", f"{A}:w:rpm", EVENTS, *ledger_keys]
-    args = [NOW, 1, "t1", NOW, HOUR, "requests_per_minute", NOW // 1_000, 1, 60_000, 1_000, 0]
+    args = [NOW, 1, "t1", NOW, HOUR, "n1", "requests_per_minute", NOW // 1_000, 1, 60_000, 1_000, 0]
     args += ["ledger", *indexes, "id1", 5, "acme", "requests", 1]
     assert refused(rb, "settle", keys, args).startswith("WRONGTYPE")
 
@@ -394,7 +398,7 @@ def test_a_key_given_in_two_roles_is_refused(rb: redis.Redis, name: str) -> None
         "record_usage": (lambda keys, args: ([*keys[:2], keys[1], *keys[3:]], args))(*_record(tenant="")),
         "settle": (
             [f"{A}:s:t1", f"{A}:w:rpm", f"{A}:w:rpm"],
-            [NOW, 1, "t1", NOW, HOUR, "requests_per_minute", NOW // 1_000, 1, 60_000, 1_000, 0],
+            [NOW, 1, "t1", NOW, HOUR, "n1", "requests_per_minute", NOW // 1_000, 1, 60_000, 1_000, 0],
         ),
         "catalog_write": (
             [f"{C}:meta", f"{C}:models", f"{C}:events", f"{C}:models"],

@@ -121,6 +121,28 @@ def test_a_request_id_counts_once(reg: Any, r: redis.Redis) -> None:
     assert 0 < r.pttl(K.usage_marker("openai:gpt-4", "req-7")) <= 24 * 3_600_000
 
 
+def test_a_providers_429_is_counted_as_throttled(reg: Any, r: redis.Redis) -> None:
+    """``throttled=True`` (the provider refused for its own rate limit): a failure, counted apart
+    as well, by settle and by record_usage alike; its tokens (usually none) as given."""
+    reg.register_model(model(rate_limit={"requests_per_minute": 10}))
+    decision = reg.acquire("openai:gpt-4", 100, 50, tenant="acme")
+    assert reg.settle(decision.reservation, 0, 0, success=True, throttled=True)
+    reg.record_usage("openai:gpt-4", 0, 0, throttled=True, tenant="acme")
+    reg.record_usage("openai:gpt-4", 10, 5)
+    assert counters(r, TOTAL) == {
+        "requests": 3,
+        "successes": 1,
+        "failures": 2,
+        "throttled": 2,
+        "input_tokens": 10,
+        "output_tokens": 5,
+        "cost_units": to_units(estimate(reg.get_model("openai:gpt-4").cost, 10, 5)),
+    }
+    totals = reg.get_statistics(model="openai:gpt-4")
+    assert (totals.throttled, totals.failures, totals.successes) == (2, 2, 1)
+    assert reg.get_statistics(model="openai:gpt-4", tenant="acme").throttled == 2
+
+
 def test_a_skewed_client_clock_still_lands_in_the_servers_buckets(redis_url: str, r: redis.Redis) -> None:
     reg = Registry.from_url(redis_url, watch=False)
     reg.register_model(model())

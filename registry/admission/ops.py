@@ -283,6 +283,7 @@ def settle(
     model: ModelSpec | None = None,
     success: bool = True,
     latency_ms: float | None = None,
+    throttled: bool = False,
     predicted_ms: int = 0,
     sample_cap: int = 0,
     budgets: Mapping[tuple[str, str], Budget] | None = None,
@@ -306,6 +307,7 @@ def settle(
         token,
         reservation.at_ms,
         max(reservation.ttl_ms, 1),
+        Reservation.new_id(),  # this call's nonce: the same call re-sent is told it settled
     ]
     window_keys = [
         keys.settled(reservation.model_key, token, reservation.tenant),
@@ -318,7 +320,7 @@ def settle(
         window_keys.append(window_key(keys, reservation.model_key, name, tenant))
     usage = None
     if model is not None and not release:
-        usage = Usage.of(model, used_in, used_out, bool(success), latency_ms, reservation.tenant)
+        usage = Usage.of(model, used_in, used_out, bool(success), latency_ms, reservation.tenant, bool(throttled))
     budgets_done = None
     if reservation.budgets and reservation.tenant is not None:
         # First the budgets (the tenant's slot), then the windows and the ledger (the model's):

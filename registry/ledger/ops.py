@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from registry._core import Flow, Script
-from registry.admission.types import check_request_id, check_tenant
+from registry.admission.types import Reservation, check_request_id, check_tenant
 from registry.budgets import ops as budget_ops
 from registry.budgets.periods import index_at
 from registry.budgets.types import Budget
@@ -39,12 +39,19 @@ class UsageRecord:
 
 
 def usage_fields(
-    input_tokens: int, output_tokens: int, success: bool, latency_ms: float | None, cost_units: int
+    input_tokens: int,
+    output_tokens: int,
+    success: bool,
+    latency_ms: float | None,
+    cost_units: int,
+    throttled: bool = False,
 ) -> list[tuple[str, int]]:
-    """The counters one request adds to, and by how much."""
+    """The counters one request adds to, and by how much. ``throttled``: the provider refused it
+    for its own rate limit (HTTP 429), a failure counted apart as well."""
     fields = [
         ("requests", 1),
-        ("successes" if success else "failures", 1),
+        ("successes" if success and not throttled else "failures", 1),
+        ("throttled", int(throttled)),
         ("input_tokens", input_tokens),
         ("output_tokens", output_tokens),
         ("cost_units", cost_units),
@@ -78,6 +85,7 @@ class Usage:
         success: bool,
         latency_ms: float | None,
         tenant: str | None,
+        throttled: bool = False,
     ) -> Usage:
         if latency_ms is not None and (
             isinstance(latency_ms, bool) or not isinstance(latency_ms, int | float) or not 0 <= latency_ms <= 86_400_000
@@ -86,7 +94,7 @@ class Usage:
         cost = estimate(model.cost, input_tokens, output_tokens)
         units = to_units(cost)
         pairs: list[str | int] = []
-        for name, by in usage_fields(input_tokens, output_tokens, success, latency_ms, units):
+        for name, by in usage_fields(input_tokens, output_tokens, success, latency_ms, units, throttled):
             pairs += [name, by]
         return cls(model.key, tenant, cost, units, tuple(pairs))
 
@@ -120,6 +128,7 @@ def record(
     latency_ms: float | None = None,
     tenant: str | None = None,
     request_id: str | None = None,
+    throttled: bool = False,
     now_ms: int | None = None,
     predicted_ms: int,
     sample_cap: int = 0,
@@ -135,8 +144,9 @@ def record(
     output_tokens = check_tokens("output_tokens", output_tokens)
     tenant = check_tenant(tenant)
     request_id = check_request_id(request_id)
-    usage = Usage.of(model, input_tokens, output_tokens, bool(success), latency_ms, tenant)
+    usage = Usage.of(model, input_tokens, output_tokens, bool(success), latency_ms, tenant, bool(throttled))
     at = predicted_ms if now_ms is None else now_ms
+    nonce = Reservation.new_id()  # this call's: the same call re-sent (a lost reply) is told it counted
     for _ in range(2):
         ledger_keys, indexes = usage.keys_at(keys, at)
         reply = yield Script(
@@ -146,6 +156,7 @@ def record(
                 "" if now_ms is None else now_ms,
                 *indexes,
                 REQUEST_ID_TTL_MS,
+                nonce,
                 *usage.event_args(request_id or "", sample_cap),
             ),
         )

@@ -40,7 +40,16 @@ __all__ = [
 _HOUR_MS, _DAY_MS = 3_600_000, 86_400_000
 _MAX_S = 253_402_300_799  # the end of year 9999 (UTC), as datetimes go
 _MAX_BUCKETS = 10_000  # buckets one statistics or usage read names (27 years of days)
-_INTS = ("requests", "successes", "failures", "input_tokens", "output_tokens", "cost_units", "latency_count")
+_INTS = (
+    "requests",
+    "successes",
+    "failures",
+    "throttled",
+    "input_tokens",
+    "output_tokens",
+    "cost_units",
+    "latency_count",
+)
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,7 @@ class UsageTotals:
     requests: int = 0
     successes: int = 0
     failures: int = 0
+    throttled: int = 0  # failures that were the provider's own 429 (counted in failures too)
     input_tokens: int = 0
     output_tokens: int = 0
     cost_units: int = 0
