@@ -432,8 +432,10 @@ class Registry(RegistryBase):
     ) -> Decision:
         """Check and consume the model's limits (and the tenant's) for one request, atomically.
 
-        Reserves ``input_tokens + max_output_tokens`` against token limits (``max_output_tokens``
-        defaults to the model's) and one request against request limits; settle the real
+        Reserves one request against request limits and, against token limits, ``input_tokens
+        + max_output_tokens`` (``tokens_per_minute``), ``input_tokens`` alone
+        (``input_tokens_per_minute``) or ``max_output_tokens`` alone
+        (``output_tokens_per_minute``); ``max_output_tokens`` defaults to the model's. Settle the real
         counts afterwards with :meth:`settle`, or give it all back with :meth:`release`. With
         ``wait`` it sleeps for ``retry_after`` and tries again until admitted or ``timeout``.
         Raises :class:`RequestTooLargeError` for a request bigger than a limit.
@@ -489,7 +491,7 @@ class Registry(RegistryBase):
         return self._run(flow)
 
     def check_rate_limit(self, model_key: str, tokens: int = 0, tenant: str | None = None) -> Decision:
-        """Would a request of ``tokens`` tokens be admitted now? Consumes nothing."""
+        """Would a request of ``tokens`` input tokens (and no output) be admitted now? Consumes nothing."""
         return self._run(self._acquire_flow(self._catalog(), model_key, tokens, 0, tenant, None, "peek"))
 
     def settle(

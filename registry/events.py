@@ -18,9 +18,9 @@ between two calls), and after the first read at the last id seen. A stream that 
 (a new model, a new budgeted tenant) starts at the server time of the subscription, so events
 written on it since are delivered and older ones are not.
 
-Limitation (Redis Cluster): one XREAD reads every followed stream, and the streams carry one
-hash tag per model and per tenant, so on a cluster the command would be refused (CROSSSLOT).
-Following a cluster needs one blocking reader per node; that belongs to the cluster issue.
+On a Redis Cluster the followed streams carry one hash tag per model and per tenant, so one
+XREAD cannot read them all (CROSSSLOT): the follower splits it into one XREAD per slot and
+polls them (a BLOCK becomes a 100 ms poll), see :func:`registry._base.cluster_commands`.
 """
 
 from __future__ import annotations

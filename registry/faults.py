@@ -10,7 +10,7 @@ Three parts, each a plain object with no I/O of its own:
   breaker (and replays the spool), a failure opens it again. The clients' flow driver
   (:func:`registry._core.run`) consults it on every request: two attribute reads when closed.
 - :class:`LocalWindows`: the *emergency cap* of a worker that fails open. Each model limit
-  (RPM, TPM, RPD, and the tenant's) gets an exact in-process sliding window of
+  (RPM, TPM, ITPM, OTPM, RPD, and the tenant's) gets an exact in-process sliding window of
   ``emergency_share`` of the limit, so N workers failing open admit at most N times that
   share, never an unbounded flood.
 - :class:`Spool`: settles, releases and usage records that could not be written, kept in
@@ -110,8 +110,9 @@ class FaultPolicy:
     - ``usage``: ``"spool"`` (default) settle, release and record_usage keep the operation in
       the local spool and return as if written (settle/release ``True``: accepted;
       record_usage the :class:`UsageRecord` priced locally); ``"raise"`` they raise.
-    - ``emergency_share``: the fraction of each limit (model and tenant; RPM, TPM, RPD) that
-      one worker may admit on its own while failing open (rounded down: 0.1 of 25 RPM is 2).
+    - ``emergency_share``: the fraction of each limit (model and tenant; RPM, TPM, ITPM, OTPM,
+      RPD) that one worker may admit on its own while failing open (rounded down: 0.1 of 25
+      RPM is 2).
     - ``failures_to_open``, ``open_seconds``: the circuit breaker (see :class:`CircuitBreaker`).
     - ``spool_max``: records kept at most; when full the oldest is dropped (counted, logged).
     """
@@ -463,7 +464,7 @@ class Faults:
         flow: Flow[Decision],
         model_key: str,
         limits: Sequence[LimitSpec],
-        costs: Callable[[int], list[int]],
+        costs: Callable[[int, int], list[int]],
         *,
         input_tokens: int,
         max_output_tokens: int | None,
@@ -486,8 +487,7 @@ class Faults:
                 raise
         # Past here the flow has validated the arguments (it reached Redis before failing).
         output = default_output if max_output_tokens is None else max_output_tokens
-        tokens = input_tokens + output
-        charged = costs(tokens)
+        charged = costs(input_tokens, output)
         for spec, cost in zip(limits, charged, strict=True):
             if cost > spec.limit:
                 raise RequestTooLargeError(model_key, spec.name, cost, spec.limit)

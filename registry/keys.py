@@ -5,7 +5,7 @@ Layout (namespace ``registry`` by default; ``{...}`` is the cluster hash tag)::
     {registry:catalog}:model:<provider>:<id>   hash    one model (fields: see catalog/codec.py)
     {registry:catalog}:models                  zset    every model key, scored by its revision
     {registry:catalog}:meta                    hash    revision (+1 per write), epoch (new when wiped)
-    {registry:catalog}:events                  stream  capped log of writes, entry id <revision>-1
+    {registry:catalog}:events                  stream  capped log of writes, entry id <revision>-0
     {registry:catalog}:changes                 channel pub/sub: a write's new revision
 
 Admission keys, one hash tag per model (its tenants' limits share it)::

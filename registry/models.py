@@ -237,10 +237,26 @@ class Cost(_Strict):
 
 
 class RateLimit(_Strict):
-    """The provider's quota for this model, shared by the whole fleet. ``None`` is unlimited."""
+    """The provider's quota for this model, shared by the whole fleet. ``None`` is unlimited.
+
+    Three token limits, for the providers' two ways of counting: ``tokens_per_minute`` counts
+    input plus output tokens (OpenAI's TPM); ``input_tokens_per_minute`` and
+    ``output_tokens_per_minute`` count them apart (Anthropic's ITPM and OTPM). A model may set
+    any of them; a request must fit in each one set.
+    """
 
     requests_per_minute: Limit = None
     tokens_per_minute: Limit = None
+    input_tokens_per_minute: Limit = Field(
+        default=None,
+        description="Input tokens in any 60 s window (Anthropic's ITPM): an acquire reserves the request's "
+        "input tokens, settle corrects them to the real input (cached prompt tokens included); null: no limit.",
+    )
+    output_tokens_per_minute: Limit = Field(
+        default=None,
+        description="Output tokens in any 60 s window (Anthropic's OTPM): an acquire reserves the request's "
+        "max output tokens, settle corrects them to the real output; null: no limit.",
+    )
     requests_per_day: Limit = None
     note: str | None = Field(default=None, max_length=1000)
 

@@ -3,12 +3,14 @@
 No I/O here: :func:`render_frame` turns the view just read (and the one before it, for the
 per-minute rates) into a ``rich`` renderable; :mod:`registry.cli.top` reads and redraws.
 
-A frame is a header line, a table of models (the RPM, TPM and RPD windows in use as bars,
-requests and refusals per minute, spend today and this month, latency percentiles, success
-rate), busiest first (spend today, then requests today, then key), cut to the height given
-(the title says how many are left out) and, on a narrow terminal, without its least needed
-columns; then a table of the tenants' budgets. Per-minute rates are the change of the all-time counters between the two
-views over the time between them, ``-`` on the first frame.
+A frame is a header line, a table of models (the RPM, TPM and RPD windows in use as bars, TPM
+being the fullest of the model's token windows: input plus output, or ``in`` or ``out`` for
+a limit on input or output tokens alone; requests and refusals per minute, spend today and
+this month, latency percentiles, success rate), busiest first (spend today, then requests
+today, then key), cut to the height given (the title says how many are left out) and, on a
+narrow terminal, without its least needed columns; then a table of the tenants' budgets.
+Per-minute rates are the change of the all-time counters between the two views over the time
+between them, ``-`` on the first frame.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from registry.ledger.view import FleetView, ModelView, WindowUse
 __all__ = ["BAR_WIDTH", "DROP_ORDER", "Rates", "bar", "frame_models", "money", "rates", "render_frame"]
 
 BAR_WIDTH = 6
-_WINDOWS = (("RPM", "requests_per_minute"), ("TPM", "tokens_per_minute"), ("RPD", "requests_per_day"))
+_WINDOWS = (("RPM", "requests_per_minute"), ("RPD", "requests_per_day"))
+# The token windows, with how the TPM column marks each: it shows the fullest of a model's.
+_TOKEN_WINDOWS = (("tokens_per_minute", ""), ("input_tokens_per_minute", "in "), ("output_tokens_per_minute", "out "))
 # Lines a frame takes besides the model and budget rows: the header and an error line; per table
 # its title (which says what is hidden), the column headings, the rule under them, a blank line.
 _HEADER_LINES = 2
@@ -94,12 +98,21 @@ def _short(n: int) -> str:
     return str(n)  # pragma: no cover - n < 1,000 returned above
 
 
-def _window(use: WindowUse | None) -> Text:
+def _window(use: WindowUse | None, mark: str = "") -> Text:
     if use is None:
         return Text("-", style="dim")
     text = bar(use.fraction)
-    text.append(f" {_short(use.used)}/{_short(use.limit)}")
+    text.append(f" {mark}{_short(use.used)}/{_short(use.limit)}")
     return text
+
+
+def _tokens(windows: Mapping[str, WindowUse]) -> Text:
+    """The fullest of the token windows (the first of equals), marked ``in`` or ``out`` when it
+    counts input or output tokens alone; ``-`` for none."""
+    held = [(windows[name], mark) for name, mark in _TOKEN_WINDOWS if name in windows]
+    if not held:
+        return _window(None)
+    return _window(*max(held, key=lambda pair: pair[0].fraction))
 
 
 def money(value: Decimal) -> str:
@@ -157,6 +170,7 @@ def _model_cells(m: ModelView, speed: Rates) -> dict[str, RenderableType]:
     ok = m.performance.success_rate
     return {
         **{label: _window(windows.get(name)) for label, name in _WINDOWS},
+        "TPM": _tokens(windows),
         "REQ/MIN": _rate(speed.requests),
         "DENY/MIN": Text(_rate(speed.denials), style="red" if speed.denials else ""),
         "TODAY": f"{money(m.today.total_cost)} {currency}",

@@ -480,3 +480,174 @@ def test_only_a_caller_given_request_id_is_recorded_and_idempotent(gated: Any, r
     fresh = gated.acquire("openai:gpt-4", 50, 50, request_id="req-1")
     assert (fresh.allowed, fresh.duplicate) == (True, False)
     assert fresh.reservation.token != named.token
+
+
+# -- input and output tokens limited apart (Anthropic's ITPM and OTPM) ----------------------------
+
+SPLIT = {"requests_per_minute": 50, "input_tokens_per_minute": 10_000, "output_tokens_per_minute": 2_000}
+CLAUDE = "anthropic:claude"
+
+
+@pytest.fixture
+def split(reg: Any) -> Any:
+    """A model with ITPM and OTPM (no TPM), and tenant limits of both kinds."""
+    reg.register_model(
+        model(
+            "anthropic",
+            "claude",
+            max_output_tokens=1000,
+            rate_limit=SPLIT,
+            tenant_limits={"*": {"output_tokens_per_minute": 500}, "vip": {"input_tokens_per_minute": 3000}},
+        )
+    )
+    clock = FakeClock()
+    clock.set(T0)
+    use_clock(reg, clock)
+    reg.clock = clock
+    return reg
+
+
+def left(reg: Any, tenant: str | None = None) -> dict[str, int]:
+    return dict(reg.check_rate_limit(CLAUDE, 0, tenant=tenant).remaining)
+
+
+def test_acquire_charges_the_input_to_itpm_and_the_max_output_to_otpm(split: Any, r: redis.Redis) -> None:
+    decision = split.acquire(CLAUDE, 4000, 600)
+    assert dict(decision.remaining) == {
+        "requests_per_minute": 49,
+        "input_tokens_per_minute": 6000,
+        "output_tokens_per_minute": 1400,
+    }
+    second = 1_000_000
+    assert decision.reservation.charges == (
+        ("requests_per_minute", second, 1, 60_000, 1_000),
+        ("input_tokens_per_minute", second, 4000, 60_000, 1_000),
+        ("output_tokens_per_minute", second, 600, 60_000, 1_000),
+    )
+    tag = "{registry:adm:anthropic:claude}"
+    assert r.hget(f"{tag}:w:itpm", str(second)) == "4000"
+    assert r.hget(f"{tag}:w:otpm", str(second)) == "600"
+    assert not r.exists(f"{tag}:w:tpm")
+    # the model's max output by default
+    assert split.acquire(CLAUDE, 100).remaining["output_tokens_per_minute"] == 400
+
+
+def test_settle_moves_each_to_the_real_input_and_output_and_release_to_zero(split: Any) -> None:
+    held = split.acquire(CLAUDE, 4000, 1000).reservation
+    other = split.acquire(CLAUDE, 1000, 1000).reservation
+    assert left(split)["output_tokens_per_minute"] == 0
+    split.clock.advance(30)
+    assert split.settle(held, input_tokens=3500, output_tokens=250) is True
+    assert left(split) == {
+        "requests_per_minute": 48,
+        "input_tokens_per_minute": 10_000 - 3500 - 1000,
+        "output_tokens_per_minute": 2000 - 250 - 1000,
+    }
+    assert split.settle(held, input_tokens=1, output_tokens=1) is False  # once only
+    assert split.settle(other, output_tokens=1500) is True  # input as reserved; more output than reserved
+    assert left(split)["input_tokens_per_minute"] == 10_000 - 3500 - 1000
+    assert left(split)["output_tokens_per_minute"] == 2000 - 250 - 1500
+    third = split.acquire(CLAUDE, 500, 200).reservation
+    assert split.release(third) is True
+    assert left(split)["input_tokens_per_minute"] == 10_000 - 3500 - 1000
+    assert left(split)["requests_per_minute"] == 48
+    # the refunds went to the reservations' buckets: they leave with them, 60 s after the acquire
+    split.clock.set(T0 + 61)
+    assert left(split)["input_tokens_per_minute"] == 10_000
+    assert left(split)["output_tokens_per_minute"] == 2000
+
+
+def test_itpm_and_otpm_refuse_with_an_exact_retry_after(split: Any) -> None:
+    assert split.acquire(CLAUDE, 9000, 100).allowed
+    split.clock.advance(10.5)
+    refused = split.acquire(CLAUDE, 1001, 100)
+    assert (refused.allowed, refused.denied_by) == (False, "input_tokens_per_minute")
+    assert refused.retry_after == pytest.approx(50.5)  # the first leaves at T0 + 61
+    assert split.acquire(CLAUDE, 1000, 100).allowed  # exactly the limit: fits
+    split.clock.advance(1)
+    refused = split.acquire(CLAUDE, 0, 1801)
+    assert (refused.allowed, refused.denied_by) == (False, "output_tokens_per_minute")
+    assert refused.retry_after == pytest.approx(49.5)
+    split.clock.set(T0 + 61 - 0.001)
+    assert not split.acquire(CLAUDE, 0, 1801).allowed
+    split.clock.set(T0 + 61)
+    assert split.acquire(CLAUDE, 0, 1801).allowed  # the first request's 100 output tokens have left
+    # Both refuse: ITPM until the 1,000 of second 10 leave (at 71 s), OTPM until its 100 of
+    # second 10 and 1,801 of second 61 do (at 122 s). The longer wait binds.
+    split.clock.set(T0 + 62)
+    refused = split.acquire(CLAUDE, 9500, 1000)
+    assert (refused.denied_by, refused.retry_after) == ("output_tokens_per_minute", pytest.approx(60))
+    assert split.acquire(CLAUDE, 9500, 0).retry_after == pytest.approx(9)
+
+
+def test_too_large_for_itpm_or_otpm_alone_is_an_error(split: Any, r: redis.Redis) -> None:
+    before = dump(r)
+    with pytest.raises(RequestTooLargeError, match="input_tokens_per_minute") as info:
+        split.acquire(CLAUDE, 10_001, 0)
+    assert (info.value.limit, info.value.cost, info.value.allowed) == ("input_tokens_per_minute", 10_001, 10_000)
+    with pytest.raises(RequestTooLargeError, match="output_tokens_per_minute") as info:
+        split.acquire(CLAUDE, 10, 2_001)
+    assert (info.value.limit, info.value.cost, info.value.allowed) == ("output_tokens_per_minute", 2_001, 2_000)
+    with pytest.raises(RequestTooLargeError, match=r"tenant\.output_tokens_per_minute") as info:
+        split.acquire(CLAUDE, 10, 501, tenant="acme")
+    assert (info.value.cost, info.value.allowed) == (501, 500)
+    assert _without_denials(dump(r)) == _without_denials(before)
+    assert r.hgetall(Keys().denials(CLAUDE)) == {
+        "input_tokens_per_minute": "1",
+        "output_tokens_per_minute": "1",
+        "tenant.output_tokens_per_minute": "1",
+    }
+    # no TPM: the sum may pass either limit, each part fits its own
+    assert split.acquire(CLAUDE, 10_000, 2_000).allowed
+
+
+def test_tenant_itpm_and_otpm(split: Any) -> None:
+    held = split.acquire(CLAUDE, 100, 400, tenant="acme")
+    assert held.remaining["tenant.output_tokens_per_minute"] == 100
+    refused = split.acquire(CLAUDE, 100, 101, tenant="acme")
+    assert (refused.allowed, refused.denied_by) == (False, "tenant.output_tokens_per_minute")
+    assert split.acquire(CLAUDE, 100, 400, tenant="other").allowed  # its own window
+    assert split.settle(held.reservation, 100, 50) is True
+    assert left(split, "acme")["tenant.output_tokens_per_minute"] == 450
+    vip = split.acquire(CLAUDE, 3000, 900, tenant="vip")
+    assert vip.remaining["tenant.input_tokens_per_minute"] == 0
+    assert "tenant.output_tokens_per_minute" not in vip.remaining  # vip has its own entry, not "*"
+    assert split.acquire(CLAUDE, 1, 0, tenant="vip").denied_by == "tenant.input_tokens_per_minute"
+    assert split.release(vip.reservation) is True
+    assert left(split, "vip")["tenant.input_tokens_per_minute"] == 3000
+
+
+def test_check_rate_limit_counts_tokens_as_input(split: Any) -> None:
+    """``check_rate_limit(model, tokens)``: a request of ``tokens`` input tokens and no output, so
+    the OTPM window refuses only once it is over its limit (a settle may take it there)."""
+    held = split.acquire(CLAUDE, 2000, 2000).reservation
+    assert split.check_rate_limit(CLAUDE, 8000).allowed
+    peek = split.check_rate_limit(CLAUDE, 8001)
+    assert (peek.allowed, peek.denied_by) == (False, "input_tokens_per_minute")
+    assert split.check_rate_limit(CLAUDE, 0).remaining["output_tokens_per_minute"] == 0
+    assert split.check_rate_limit(CLAUDE, 0).allowed  # full, not over
+    split.settle(held, 2000, 2100)
+    peek = split.check_rate_limit(CLAUDE, 0)
+    assert (peek.allowed, peek.denied_by) == (False, "output_tokens_per_minute")
+
+
+def test_every_token_limit_at_once(reg: Any) -> None:
+    """TPM, ITPM and OTPM together: each charged its own part, the tightest refuses."""
+    reg.register_model(
+        model(rate_limit={"tokens_per_minute": 1000, "input_tokens_per_minute": 800, "output_tokens_per_minute": 300})
+    )
+    first = reg.acquire("openai:gpt-4", 500, 300)
+    assert dict(first.remaining) == {
+        "tokens_per_minute": 200,
+        "input_tokens_per_minute": 300,
+        "output_tokens_per_minute": 0,
+    }
+    assert reg.acquire("openai:gpt-4", 1, 1).denied_by == "output_tokens_per_minute"
+    reg.settle(first.reservation, 500, 100)
+    assert reg.acquire("openai:gpt-4", 300, 150).denied_by == "tokens_per_minute"  # 600 + 450 > 1000
+    second = reg.acquire("openai:gpt-4", 300, 100)
+    assert dict(second.remaining) == {
+        "tokens_per_minute": 0,
+        "input_tokens_per_minute": 0,
+        "output_tokens_per_minute": 100,
+    }

@@ -4,7 +4,9 @@ The reference below is written from the algorithm's description, not from the li
 limit is a dict of sub-window buckets (index = now // bucket_ms); at time ``now`` a bucket
 counts in full while ``(index + 1) * bucket_ms > now - window_ms``; a request is admitted only
 if every limit's total + cost <= limit, and then each limit is charged in its current bucket
-(expired buckets are dropped at that moment). Its retry_after is found by brute force: the
+(expired buckets are dropped at that moment). A request costs a requests limit 1 and a tokens
+limit its input plus output tokens, an input tokens limit its input and an output tokens limit
+its output (at acquire the max output, at settle the real one). Its retry_after is found by brute force: the
 first instant, among those at which a bucket leaves the window, where the request fits.
 
 An admitted acquire's handle holds its time and, per limit, the bucket and amount charged. Only
@@ -52,6 +54,8 @@ BASE_MS = 1_700_000_000_000  # the clock starts a random part of a day after thi
 SPANS: dict[str, tuple[str, str, int, int]] = {
     "requests_per_minute": ("rpm", "requests", MINUTE_MS, 1_000),
     "tokens_per_minute": ("tpm", "tokens", MINUTE_MS, 1_000),
+    "input_tokens_per_minute": ("itpm", "input_tokens", MINUTE_MS, 1_000),
+    "output_tokens_per_minute": ("otpm", "output_tokens", MINUTE_MS, 1_000),
     "requests_per_day": ("rpd", "requests", DAY_MS, 900_000),
 }
 ALL_NAMES = (*SPANS, *(f"tenant.{name}" for name in SPANS))
@@ -75,6 +79,17 @@ MODELS: dict[str, dict[str, Any]] = {
             "*": {"requests_per_minute": 2},
         },
     ),
+    # input and output tokens limited apart (Anthropic's ITPM and OTPM), no limit on their sum
+    "anthropic:claude-4": model(
+        "anthropic",
+        "claude-4",
+        max_output_tokens=300,
+        rate_limit={"requests_per_minute": 6, "input_tokens_per_minute": 1800, "output_tokens_per_minute": 600},
+        tenant_limits={
+            "acme": {"output_tokens_per_minute": 350, "tokens_per_minute": 1000},
+            "*": {"input_tokens_per_minute": 900},
+        },
+    ),
 }
 MODEL_KEYS = sorted(MODELS)
 TENANTS = (None, None, "acme", "beta", "beta", "zero")
@@ -89,7 +104,7 @@ RESERVATION_TTL_MS = 3_600_000  # the client's default: how long after its admis
 class Limit:
     name: str  # "tokens_per_minute", "tenant.requests_per_day", ...
     key: str  # its window hash in Redis
-    counts: str  # "requests" | "tokens"
+    counts: str  # "requests" | "tokens" | "input_tokens" | "output_tokens"
     limit: int
     window: int
     bucket: int
@@ -348,8 +363,19 @@ class Reference:
 # -- comparing the real client with the reference ------------------------------------------------
 
 
-def costs_of(limits: list[Limit], tokens: int) -> list[int]:
-    return [tokens if lim.counts == "tokens" else 1 for lim in limits]
+def part(counts: str, requests: int, input_tokens: int, output_tokens: int) -> int:
+    """What a limit is charged: the requests, or the input plus output, input or output tokens."""
+    return {
+        "requests": requests,
+        "tokens": input_tokens + output_tokens,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+    }[counts]
+
+
+def costs_of(limits: list[Limit], input_tokens: int, output_tokens: int) -> list[int]:
+    """What one request of ``input_tokens`` and (at most) ``output_tokens`` costs on each limit."""
+    return [part(lim.counts, 1, input_tokens, output_tokens) for lim in limits]
 
 
 def check_decision(
@@ -442,12 +468,14 @@ def without_token(reservation: Reservation) -> Reservation:
     return msgspec.structs.replace(reservation, token="")
 
 
-def settle_targets(reservation: Reservation, requests: int, tokens: int) -> dict[str, tuple[str, int]]:
-    names = ALL_NAMES if reservation.tenant is not None else ALL_NAMES[:3]
+def settle_targets(
+    reservation: Reservation, requests: int, input_tokens: int, output_tokens: int
+) -> dict[str, tuple[str, int]]:
+    names = ALL_NAMES if reservation.tenant is not None else ALL_NAMES[: len(SPANS)]
     return {
         name: (
             window_key(reservation.model_key, name, reservation.tenant),
-            tokens if name.endswith("tokens_per_minute") else requests,
+            part(SPANS[name.removeprefix("tenant.")][1], requests, input_tokens, output_tokens),
         )
         for name in names
     }
@@ -483,15 +511,14 @@ class Harness:
     ) -> Decision | None:
         limits = limits_for(model_key, tenant)
         out = max_output if max_output is not None else MODELS[model_key].get("max_output_tokens") or 0
-        tokens = input_tokens + out
         res_key = reservation_key(model_key, request_id, tenant) if request_id is not None else None
-        expected = self.ref.acquire(self.now, res_key, limits, costs_of(limits, tokens))
+        expected = self.ref.acquire(self.now, res_key, limits, costs_of(limits, input_tokens, out))
         if expected[0] == 3:
             with pytest.raises(RequestTooLargeError) as info:
                 self.reg.acquire(model_key, input_tokens, max_output, tenant, request_id)
             too_large = limits[expected[1] - 1]
             assert (info.value.limit, info.value.allowed) == (too_large.name, too_large.limit)
-            assert info.value.cost == costs_of([too_large], tokens)[0]
+            assert info.value.cost == costs_of([too_large], input_tokens, out)[0]
             return None
         since = time.monotonic()
         decision = self.reg.acquire(model_key, input_tokens, max_output, tenant, request_id)
@@ -525,7 +552,8 @@ class Harness:
 
     def peek(self, model_key: str, tokens: int, tenant: str | None = None) -> Decision | None:
         limits = limits_for(model_key, tenant)
-        expected = self.ref.acquire(self.now, None, limits, costs_of(limits, tokens), mode="peek")
+        # check_rate_limit's tokens: input tokens, no output reserved
+        expected = self.ref.acquire(self.now, None, limits, costs_of(limits, tokens, 0), mode="peek")
         if expected[0] == 3:
             with pytest.raises(RequestTooLargeError):
                 self.reg.check_rate_limit(model_key, tokens, tenant)
@@ -539,15 +567,14 @@ class Harness:
         self, reservation: Reservation, input_tokens: int | None, output_tokens: int | None, origin: str = ""
     ) -> bool:
         used_in = reservation.input_tokens if input_tokens is None else input_tokens
-        tokens = used_in + (output_tokens or 0)
-        targets = settle_targets(reservation, 1, tokens)
+        targets = settle_targets(reservation, 1, used_in, output_tokens or 0)
         return self._settle(
             reservation, targets, origin, lambda: self.reg.settle(reservation, input_tokens, output_tokens)
         )
 
     def release(self, reservation: Reservation, origin: str = "") -> bool:
         return self._settle(
-            reservation, settle_targets(reservation, 0, 0), origin, lambda: self.reg.release(reservation)
+            reservation, settle_targets(reservation, 0, 0, 0), origin, lambda: self.reg.release(reservation)
         )
 
     def _settle(self, reservation: Reservation, targets: dict[str, tuple[str, int]], origin: str, call: Any) -> bool:
@@ -841,6 +868,7 @@ def test_reference_refuses_what_would_overflow_a_window() -> None:
 # so a handle settled before the id was reused (by a later acquire) settles nothing again.
 
 CLAUDE = "anthropic:claude-3"
+CLAUDE4 = "anthropic:claude-4"  # input and output tokens limited apart
 GPT = "openai:gpt-4"  # every tenant has the "*" limit on it: tenant.requests_per_minute = 3
 
 
@@ -930,6 +958,46 @@ def redis_dump(r: redis.Redis) -> dict[str, Any]:
 
 def buckets_of(r: redis.Redis, key: str) -> dict[int, int]:
     return {int(k): int(v) for k, v in r.hgetall(key).items() if not k.startswith("_")}
+
+
+def test_input_and_output_limited_apart_follow_the_reference(redis_url: str, r: redis.Redis) -> None:
+    """ITPM and OTPM, the model's and a tenant's (with a tenant TPM on top): charged, refused,
+    settled and released as the reference says."""
+    reg = Registry.from_url(redis_url, watch=False)
+    try:
+        reg.register_models(list(MODELS.values()))
+        h = Harness(reg, r, BASE_MS + 400)
+        steps: list[tuple[int, int | None, str | None, str | None]] = [
+            (300, 120, "acme", None),  # acme: 120 of 350 OTPM, 420 of 1,000 TPM
+            (100, 300, "acme", "tenant.output_tokens_per_minute"),  # 420 > 350
+            (600, None, "beta", None),  # beta ("*"): 600 of 900 ITPM; the model's max output, 300
+            (400, 0, "beta", "tenant.input_tokens_per_minute"),
+            (500, 200, None, "output_tokens_per_minute"),  # 420 + 200 > 600
+            (900, 100, None, None),  # the model's ITPM full: 1,800
+            (1, 0, None, "input_tokens_per_minute"),
+        ]
+        held = []
+        for input_tokens, max_output, tenant, denied_by in steps:
+            d = h.acquire(CLAUDE4, input_tokens, max_output, tenant)
+            assert d is not None
+            assert d.denied_by == denied_by
+            if d.reservation is not None:
+                held.append(d.reservation)
+            h.clock.now_ms += 300
+        assert h.acquire(CLAUDE4, 1801, 0) is None  # larger than the ITPM itself: raises
+        assert h.acquire(CLAUDE4, 0, 351, "acme") is None  # larger than acme's OTPM
+        h.check_state()
+        assert h.settle(held[0], 250, 40) is True
+        assert h.settle(held[1], None, 400) is True  # the input as reserved, more output than reserved
+        assert h.release(held[2]) is True
+        h.check_state()
+        h.peek(CLAUDE4, 500, "acme")
+        h.peek(CLAUDE4, 0, "beta")
+        h.clock.now_ms += MINUTE_MS
+        assert h.release(held[0]) is False  # settled already
+        h.check_state()
+    finally:
+        reg.close()
 
 
 def test_a_zero_estimate_is_settled_in_full(redis_url: str, r: redis.Redis) -> None:

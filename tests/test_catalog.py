@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from decimal import Decimal
 from typing import Any
@@ -20,6 +21,7 @@ from registry import (
     ScriptError,
 )
 from registry._base import connect
+from registry.catalog.codec import decode_entry
 from registry.keys import Keys
 from tests.conftest import model
 
@@ -66,6 +68,39 @@ def test_the_hash_layout_is_readable_by_other_tools(reg: Any, r: redis.Redis) ->
     assert '"requests_per_minute":500' in fields["rate_limit"]
     assert fields["tags"] == '["x"]'
     assert "max_output_tokens" not in fields
+
+
+def test_input_and_output_token_limits_are_stored_only_when_set(reg: Any, r: redis.Redis) -> None:
+    """A model without them is stored as before they existed, so a client that predates them
+    (its RateLimit refuses unknown fields) still reads it; one with them round-trips."""
+    reg.register_models(
+        [
+            model(rate_limit={"tokens_per_minute": 500}, tenant_limits={"*": {"requests_per_minute": 5}}),
+            model(
+                "anthropic",
+                "claude",
+                rate_limit={"input_tokens_per_minute": 30_000, "output_tokens_per_minute": 8_000},
+                tenant_limits={"acme": {"output_tokens_per_minute": 100}},
+            ),
+        ]
+    )
+    plain = r.hgetall("{registry:catalog}:model:openai:gpt-4")
+    assert json.loads(plain["rate_limit"]) == {
+        "requests_per_minute": None,
+        "tokens_per_minute": 500,
+        "requests_per_day": None,
+        "note": None,
+    }
+    assert "input_tokens_per_minute" not in plain["tenant_limits"]
+    split = r.hgetall("{registry:catalog}:model:anthropic:claude")
+    assert json.loads(split["rate_limit"])["output_tokens_per_minute"] == 8_000
+    assert '"output_tokens_per_minute":100' in split["tenant_limits"]
+    assert '"input_tokens_per_minute"' not in split["tenant_limits"]
+    got = decode_entry(split).model
+    assert (got.rate_limit.input_tokens_per_minute, got.rate_limit.tokens_per_minute) == (30_000, None)
+    assert got.tenant_limits["acme"].output_tokens_per_minute == 100
+    assert got == reg.get_model("anthropic:claude")
+    assert decode_entry(plain).model.rate_limit.input_tokens_per_minute is None
 
 
 def test_every_catalog_key_shares_one_cluster_slot(reg: Any, r: redis.Redis) -> None:

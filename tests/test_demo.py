@@ -21,6 +21,7 @@ import redis
 
 from registry import Registry, _resources
 from registry.catalog.sync import read_catalog_file
+from registry.cli.output import token_limits
 from registry.demo import fleet as fleet_module
 from registry.demo import scenario as sc
 from registry.demo import worker
@@ -67,6 +68,9 @@ def test_demo_on_a_given_redis(run: Any, redis_url: str, short_lives: None) -> N
     for needle in (
         "openai:gpt-5.2                   requests_per_minute: max ",
         "tokens_per_minute: max ",
+        "anthropic:claude-haiku-4-5       input_tokens_per_minute: max ",
+        " input tokens in any 60 s window, limit ",
+        " output tokens in any 60 s window, limit ",
         "spend       total                            workers $",
         "budget      acme                             spent $",
         "duplicates  record ",
@@ -271,6 +275,45 @@ def test_tokens_count_what_each_request_finally_held() -> None:
     }
 
 
+SPLIT = ModelSpec.model_validate(
+    model(
+        "anthropic",
+        "split",
+        cost={"input": "0.3", "output": "0.7"},
+        rate_limit={"input_tokens_per_minute": 1_000, "output_tokens_per_minute": 300},
+        tenant_limits={"*": {"output_tokens_per_minute": 200}},
+    )
+)
+
+
+def test_input_and_output_windows_count_their_own_tokens() -> None:
+    # 3 x 300 input (never refunded) fit 1,000; 3 x 150 output reserved, two settled at 50: 250 fit 300
+    admitted = [admit(SPLIT.key, 1_000 + i * 1_000, i=i, prompt=300, out=150) for i in range(3)]
+    settled = [usage(SPLIT, i=i, prompt=300, out=50) for i in range(2)]
+    evidence = evidence_of(*admitted, *settled)
+    verdict = judge(evidence, {SPLIT.key: SPLIT}, ledger_of(evidence))
+    assert verdict.passed, verdict.lines()
+    checks = {c.data.get("limit_name"): c for c in verdict.checks if c.group == "window"}
+    assert set(checks) == {"input_tokens_per_minute", "output_tokens_per_minute"}
+    assert checks["input_tokens_per_minute"].text == (
+        "input_tokens_per_minute: max 900 input tokens in any 60 s window, limit 1,000"
+    )
+    assert checks["output_tokens_per_minute"].data["max"] == 50 + 50 + 150
+    # a fourth input of 300 passes the ITPM (1,200), though input plus output (1,650) has no limit
+    heavy = evidence_of(*admitted, *settled, admit(SPLIT.key, 4_000, i=3, prompt=300, out=0))
+    verdict = judge(heavy, {SPLIT.key: SPLIT}, ledger_of(heavy))
+    assert [c.data["limit_name"] for c in verdict.failed] == ["input_tokens_per_minute"]
+    assert verdict.failed[0].data["max"] == 1_200
+    # settled at more output than the window allows (the workers never do): the OTPM check fails
+    over = evidence_of(*admitted, *(usage(SPLIT, i=i, prompt=300, out=100) for i in range(2)))
+    verdict = judge(over, {SPLIT.key: SPLIT}, ledger_of(over))
+    assert [c.data["limit_name"] for c in verdict.failed] == ["output_tokens_per_minute"]
+    assert verdict.failed[0].text == "output_tokens_per_minute: max 350 output tokens in any 60 s window, limit 300"
+    # a tenant's output window: 150 + 150 of acme's output in a minute, more than its 200
+    tenant = evidence_of(*(admit(SPLIT.key, 1_000 * i, i=i, t="acme", prompt=10, out=150) for i in (1, 2)))
+    assert failed(judge(tenant, {SPLIT.key: SPLIT}, ledger_of(tenant))) == [("window", f"{SPLIT.key} acme")]
+
+
 def test_spend_that_differs_from_the_ledger_fails() -> None:
     evidence = evidence_of(admit(GATED.key, 1, i=1), usage(GATED, i=1), usage(GATED, i=2, via="record", t="acme"))
     right = ledger_of(evidence)
@@ -369,6 +412,27 @@ def test_the_scenario_tightens_the_fleets_limits_to_the_run() -> None:
     )
     with pytest.raises(ConfigError, match="no active chat model priced in USD"):
         sc.build([ModelSpec.model_validate(model(capabilities=["embeddings"]))], **{**ARGS, "namespace": "x"})
+
+
+def test_split_token_limits_stay_split_held_by_input_or_by_output() -> None:
+    """The shipped Anthropic models limit input and output tokens apart: the demo keeps that form,
+    sized to the run, and holds one of them by its input tokens, the other by its output."""
+    scenario = sc.build(shipped(), namespace="demo-t", workers=8, duration=20, rps=80, seed=1)
+    by_key = {m.key: m.rate_limit for m in scenario.catalog}
+    haiku, sonnet = by_key["anthropic:claude-haiku-4-5"], by_key["anthropic:claude-sonnet-4-6"]
+    for rate in (haiku, sonnet):
+        assert rate.tokens_per_minute is None
+        assert rate.input_tokens_per_minute
+        assert rate.output_tokens_per_minute
+    assert by_key["openai:gpt-5.2"].input_tokens_per_minute is None
+    # in mean requests: haiku's input limit is the tight one, sonnet's output limit
+    assert haiku.input_tokens_per_minute / sc.MEAN_INPUT < haiku.output_tokens_per_minute / sc.MEAN_MAX_OUTPUT / 2
+    assert sonnet.output_tokens_per_minute / sc.MEAN_MAX_OUTPUT < sonnet.input_tokens_per_minute / sc.MEAN_INPUT / 2
+    documented = {m["key"]: m["rate_limit"] for m in scenario.document()["models"]}
+    assert documented["anthropic:claude-haiku-4-5"]["input_tokens_per_minute"] == haiku.input_tokens_per_minute
+    assert token_limits(sonnet) == f"{sonnet.input_tokens_per_minute:,} in, {sonnet.output_tokens_per_minute:,} out"
+    assert token_limits(by_key["openai:gpt-4"]) == "10,000"
+    assert token_limits(by_key["anthropic:claude-3-haiku-20240307"]) == "-"
 
 
 ARGS: dict[str, Any] = {"namespace": "demo-w", "workers": 2, "duration": 2.0, "rps": 40.0, "seed": 3}

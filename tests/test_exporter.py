@@ -332,6 +332,26 @@ def test_fleet_metrics_of_an_empty_fleet_has_every_family_and_no_series() -> Non
     assert len({f.name for f in families}) == len(families) == 21
 
 
+def test_input_and_output_windows_are_series_of_their_own(redis_url: str) -> None:
+    with Registry.from_url(redis_url, watch=False) as reg:
+        reg.register_model(
+            model(
+                "anthropic", "claude", rate_limit={"input_tokens_per_minute": 30_000, "output_tokens_per_minute": 8_000}
+            )
+        )
+        use_clock(reg, FakeClock(T0))
+        held = reg.acquire(CLAUDE, 2_000, 1_000).reservation
+        reg.settle(held, 2_000, 200)
+        assert reg.acquire(CLAUDE, 0, 8_000).denied_by == "output_tokens_per_minute"
+        families = {f.name: f for f in fleet_metrics(reg.fleet_view())}
+    used = {s.labels["limit"]: s.value for s in families["registry_window_used"].samples}
+    limits = {s.labels["limit"]: s.value for s in families["registry_window_limit"].samples}
+    assert used == {"input_tokens_per_minute": 2_000, "output_tokens_per_minute": 200}
+    assert limits == {"input_tokens_per_minute": 30_000, "output_tokens_per_minute": 8_000}
+    denied = {s.labels["limit"]: s.value for s in families["registry_denials"].samples if s.name.endswith("_total")}
+    assert denied == {"output_tokens_per_minute": 1}
+
+
 def test_latency_buckets_turn_per_bucket_counts_cumulative() -> None:
     histogram = {"lat_le_50": 2, "lat_le_250": 1, "lat_le_60000": 4, "lat_le_inf": 3}
     assert latency_buckets(histogram, 10) == [

@@ -550,6 +550,23 @@ def test_fail_open_admits_exactly_the_emergency_share(make: Callable[..., Any], 
         reg.acquire("openai:limited", 2_000_000, 0)
 
 
+def test_fail_open_counts_input_and_output_tokens_apart(make: Callable[..., Any], own: OwnRedis) -> None:
+    reg = make(FaultPolicy(admission="open", emergency_share=0.1))
+    reg.register_model(
+        model(id="split", rate_limit={"input_tokens_per_minute": 100_000, "output_tokens_per_minute": 1_000})
+    )
+    reg.check_rate_limit("openai:split")
+    own.stop()
+    first = reg.acquire("openai:split", 9_000, 60)  # of the shares: 9,000 of 10,000 input, 60 of 100 output
+    assert (first.allowed, first.degraded) == (True, True)
+    refused = reg.acquire("openai:split", 10, 50)
+    assert (refused.allowed, refused.denied_by, refused.retry_after) == (False, "output_tokens_per_minute", 60.0)
+    assert reg.acquire("openai:split", 1_000, 40).allowed  # each part fills its share exactly
+    assert reg.acquire("openai:split", 1, 0).denied_by == "input_tokens_per_minute"
+    with pytest.raises(RequestTooLargeError, match="output_tokens_per_minute"):  # more than the limit itself
+        reg.acquire("openai:split", 0, 1_001)
+
+
 def test_budgets_fail_closed_even_when_admission_fails_open(make: Callable[..., Any], own: OwnRedis) -> None:
     strict = make(FaultPolicy(admission="open"))
     lenient = make(FaultPolicy(admission="open", budgets="open"))

@@ -58,7 +58,13 @@ MODELS = [
         rate_limit={"requests_per_minute": 5, "tokens_per_minute": 2_000},
         tenant_limits={"*": {"requests_per_minute": 3}, "acme": {"tokens_per_minute": 1_000}},
     ),
-    model("bedrock", "anthropic.claude-v1:0", cost={"input": "3", "output": "15", "per": 1_000_000}),
+    model(
+        "bedrock",
+        "anthropic.claude-v1:0",
+        cost={"input": "3", "output": "15", "per": 1_000_000},
+        rate_limit={"input_tokens_per_minute": 3_000, "output_tokens_per_minute": 500},
+        tenant_limits={"acme": {"output_tokens_per_minute": 200}},
+    ),
 ]
 REFUSALS = (RequestTooLargeError, RateLimitedError)  # refused admissions: counted like any refusal
 
@@ -95,6 +101,8 @@ FIELD_PATHS = [
     ("rate_limit",),
     ("rate_limit", "requests_per_minute"),
     ("rate_limit", "tokens_per_minute"),
+    ("rate_limit", "input_tokens_per_minute"),
+    ("rate_limit", "output_tokens_per_minute"),
     ("tenant_limits",),
     ("unknown_field",),
 ]

@@ -22,7 +22,7 @@ KEYS = Keys("registry")
 MODEL = "openai:gpt-4"
 # Mostly the letters and separators key names are made of, so that structural look-alikes
 # (a tenant ending in ":r:y", an id holding ":w:rpm") come up often; sometimes anything.
-_PIECES = ["x", "y", ":", "r", "w", "s", "t", "rpm", "tpm", "rpd", ":r:", ":w:", ":s:", ":t:", ":l:"]
+_PIECES = ["x", "y", ":", "r", "w", "s", "t", "rpm", "tpm", "itpm", "otpm", "rpd", ":r:", ":w:", ":s:", ":t:", ":l:"]
 _PARTS = st.lists(st.sampled_from(_PIECES), min_size=1, max_size=5).map("".join)
 _ANY = st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=12)
 TENANTS = (_PARTS | _ANY).filter(lambda t: _valid_tenant(t))
@@ -43,7 +43,7 @@ def _keys_of(tenant: str | None, request_id: str) -> dict[str, tuple[Any, ...]]:
         KEYS.reservation(MODEL, request_id, tenant): ("record", tenant, request_id),
         KEYS.settled(MODEL, request_id, tenant): ("marker", tenant, request_id),
     }
-    for limit in ("rpm", "tpm", "rpd"):
+    for limit in ("rpm", "tpm", "itpm", "otpm", "rpd"):
         named[KEYS.window(MODEL, limit, tenant)] = ("window", tenant, limit)
     return named
 
@@ -70,6 +70,17 @@ def test_every_key_reads_back_as_what_it_names(tenant: str | None, request_id: s
     for key, meaning in _keys_of(tenant, request_id).items():
         assert _read_back(key) == meaning, (key, meaning)
         assert key_slot(key.encode()) == key_slot(KEYS.admission_tag(MODEL).encode())
+
+
+def test_every_limit_has_a_window_key_of_its_own() -> None:
+    """Each limit name, the model's and the tenant's, names a window no other limit shares."""
+    from registry.admission.ops import window_key
+    from registry.admission.types import LIMIT_NAMES
+
+    keys = {window_key(KEYS, MODEL, name, "acme" if name.startswith("tenant.") else None) for name in LIMIT_NAMES}
+    assert len(keys) == len(LIMIT_NAMES) == 10
+    assert KEYS.window(MODEL, "itpm") in keys
+    assert KEYS.window(MODEL, "otpm", "acme") in keys
 
 
 def test_the_collision_a_colon_in_a_tenant_would_make() -> None:

@@ -82,6 +82,24 @@ def test_a_model_too_small_for_the_request_is_skipped(reg: Any) -> None:
         reg.route(input_tokens=500, max_output_tokens=0, candidates=["p:tiny"])
 
 
+def test_a_model_whose_output_window_is_full_is_passed_over(reg: Any) -> None:
+    """Input and output limited apart: a model out of output tokens sends the request on, while
+    one asking for no more output than is left still fits."""
+    limits = {"input_tokens_per_minute": 5_000, "output_tokens_per_minute": 1_000}
+    reg.register_models(
+        [
+            model("p", "split", cost={"input": "1", "output": "1"}, rate_limit=limits),
+            model("p", "big", cost={"input": "2", "output": "2"}),
+        ]
+    )
+    assert reg.route(input_tokens=100, max_output_tokens=900).model_key == "p:split"
+    picked = reg.route(input_tokens=100, max_output_tokens=200)
+    assert (picked.model_key, picked.tried) == ("p:big", (("p:split", "output_tokens_per_minute"),))
+    assert reg.route(input_tokens=4_800, max_output_tokens=100).model_key == "p:split"  # both exactly full
+    picked = reg.route(input_tokens=200, max_output_tokens=0)
+    assert (picked.model_key, picked.tried) == ("p:big", (("p:split", "input_tokens_per_minute"),))
+
+
 def test_a_tenant_budget_sends_the_request_elsewhere(routed: Any) -> None:
     routed.set_budget("acme", "0.002", "day", model="p:cheap")
     ask = {"input_tokens": 1000, "max_output_tokens": 100, "tenant": "acme", "capability": "chat"}

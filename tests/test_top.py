@@ -62,8 +62,9 @@ def frame_text(renderable: Any, width: int = 160) -> str:
     return console.export_text()
 
 
-def row(text: str, key: str) -> str:
-    (line,) = [line for line in text.splitlines() if line.startswith(key + " ")]
+def row(text: str, key: str, *, cut: bool = False) -> str:
+    """The line of ``key`` (with ``cut``: of the key that starts with it)."""
+    (line,) = [line for line in text.splitlines() if line.startswith(key if cut else key + " ")]
     return line
 
 
@@ -96,6 +97,28 @@ def test_frame_from_a_real_view(reg: Any) -> None:
     assert budgets[0].strip() == "budgets (1)"
     assert budgets[1].split() == ["TENANT", "BUDGET", "SPENT", "HELD", "USED", "THRESHOLDS", "DENIED"]
     assert budgets[3].split() == ["acme", "*/day", "0.06", "/", "0.10", "USD", "0.00", "████░░", "60%", "50%", "1"]
+
+
+def test_the_tpm_column_shows_the_fullest_token_window(reg: Any) -> None:
+    """Input and output tokens limited apart (ITPM, OTPM): the TPM column shows whichever is
+    fullest, marked ``in`` or ``out``; with TPM too, TPM where it is the fullest."""
+    reg.register_models(
+        [
+            model(
+                "anthropic", "split", rate_limit={"input_tokens_per_minute": 10_000, "output_tokens_per_minute": 2_000}
+            ),
+            model("anthropic", "all", rate_limit={"tokens_per_minute": 4_000, "input_tokens_per_minute": 10_000}),
+        ]
+    )
+    use_clock(reg, FakeClock(T0))
+    reg.acquire("anthropic:split", 2_000, 1_000)  # 20% of ITPM, 50% of OTPM
+    reg.acquire("anthropic:all", 3_000, 0)  # 75% of TPM, 30% of ITPM
+    text = frame_text(render_frame(reg.fleet_view(), namespace="ns", url="u"))
+    assert "███░░░  50% out 1K/2K" in row(text, "anthropic:split")
+    assert "████░░  75% 3K/4K" in row(text, "anthropic:all")
+    reg.acquire("anthropic:split", 7_000, 0)  # 90% of ITPM
+    text = frame_text(render_frame(reg.fleet_view(), namespace="ns", url="u"))
+    assert "█████░  90% in 9K/10K" in row(text, "anthropic:split")
 
 
 def test_rates_between_two_views(reg: Any) -> None:
@@ -449,8 +472,8 @@ def test_top_in_a_pty_against_a_demo_run(redis_url: str) -> None:
             assert text.startswith(f"toptest @ {redis_url}  "), text
             assert re.search(r"UTC  \d+ models  every 0.5s  q quits *\n", text), text
             assert re.search(r"^MODEL +RPM +TPM +RPD +REQ/MIN +DENY/MIN +TODAY +MONTH +P50 MS +P95 MS +OK", text, re.M)
-            for key in used:
-                assert re.search(rf"^{re.escape(key)} ", text, re.M), (key, text)
+            for key in used:  # a long key may be cut to its first 23 characters and an ellipsis
+                assert re.search(rf"^{re.escape(key[:23])}", text, re.M), (key, text)
             assert re.search(r"[█░]{6} +\d+% \d", text)  # the windows' bars
             assert re.search(rf"^budgets \({len(tenants)}\)", text, re.M), text
             assert re.search(r"^TENANT +BUDGET +SPENT +HELD +USED +THRESHOLDS +DENIED", text, re.M)
@@ -459,8 +482,8 @@ def test_top_in_a_pty_against_a_demo_run(redis_url: str) -> None:
                 assert budget, (tenant, text)
         # REQ/MIN and DENY/MIN (9th and 8th from the end): none on the first frame; then nothing
         # moves after the demo: 0.0 a minute
-        assert {tuple(row(frames[0], key).split()[-9:-7]) for key in used} == {("-", "-")}
-        assert {tuple(row(frames[1], key).split()[-9:-7]) for key in used} == {("0.0", "0.0")}
+        assert {tuple(row(frames[0], key[:23], cut=True).split()[-9:-7]) for key in used} == {("-", "-")}
+        assert {tuple(row(frames[1], key[:23], cut=True).split()[-9:-7]) for key in used} == {("0.0", "0.0")}
         quit_at = time.monotonic()
         child.send("q")
         child.expect(r"EXIT=(\d+)\r\n")

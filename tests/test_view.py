@@ -63,6 +63,30 @@ def test_fleet_view_by_hand(reg: Any) -> None:
     assert [w.used for w in {v.model.key: v for v in later.models}["openai:gpt-4"].windows] == [0, 0]
 
 
+def test_input_and_output_windows_in_the_view(reg: Any) -> None:
+    reg.register_model(
+        model(
+            "anthropic",
+            "claude",
+            rate_limit={
+                "requests_per_minute": 50,
+                "input_tokens_per_minute": 30_000,
+                "output_tokens_per_minute": 8_000,
+            },
+        )
+    )
+    use_clock(reg, FakeClock(T0))
+    held = reg.acquire("anthropic:claude", 2_000, 1_000).reservation
+    reg.acquire("anthropic:claude", 500, 300)
+    reg.settle(held, 2_000, 120)
+    (view,) = reg.fleet_view().models
+    assert [(w.name, w.used, w.limit, w.window_s) for w in view.windows] == [
+        ("requests_per_minute", 2, 50, 60),
+        ("input_tokens_per_minute", 2_500, 30_000, 60),
+        ("output_tokens_per_minute", 120 + 300, 8_000, 60),
+    ]
+
+
 def test_fleet_view_takes_two_round_trips_for_a_hundred_models(reg: Any) -> None:
     reg.register_models([model(id=f"m{i}", rate_limit={"requests_per_minute": 100}) for i in range(100)])
     reg.set_budget("acme", "5", "month")

@@ -17,9 +17,11 @@ import msgspec
 
 from registry._core import Flow, Script, text
 from registry.admission.types import (
+    COUNTS,
     Decision,
     LimitSpec,
     Reservation,
+    amount,
     applicable_limits,
     check_request_id,
     check_tenant,
@@ -36,7 +38,14 @@ from registry.pricing import check_tokens, estimate
 __all__ = ["DEFAULT_RESERVATION_TTL_MS", "acquire", "acquire_group", "merge_acquires", "settle", "split_acquires"]
 
 DEFAULT_RESERVATION_TTL_MS = 3_600_000  # an unsettled reservation's record lives an hour
-_SHORT = {"requests_per_minute": "rpm", "tokens_per_minute": "tpm", "requests_per_day": "rpd"}
+# Each limit's part of its window key's name (keys.window): {...}:w:rpm, {...}:t:<tenant>:w:itpm.
+_SHORT = {
+    "requests_per_minute": "rpm",
+    "tokens_per_minute": "tpm",
+    "input_tokens_per_minute": "itpm",
+    "output_tokens_per_minute": "otpm",
+    "requests_per_day": "rpd",
+}
 Mode = Literal["acquire", "shadow", "peek"]
 
 
@@ -104,7 +113,7 @@ def acquire(
             return Decision(False, check.wait_ms / 1000, check.budget.name, MappingProxyType(dict(check.remaining)))
         reservation = msgspec.structs.replace(reservation, budgets=check.periods)
     try:
-        decision = yield from _acquire_windows(keys, model, reservation, tokens, mode, now_ms, reservation_ttl_ms, plan)
+        decision = yield from _acquire_windows(keys, model, reservation, mode, now_ms, reservation_ttl_ms, plan)
     except RequestTooLargeError:
         if check is not None and check.fresh and mode != "peek":
             yield from _give_back(keys, reservation, model, now_ms)
@@ -144,7 +153,6 @@ class WindowPlan:
     limits: tuple[LimitSpec, ...]
     keys: tuple[str, ...]  # the window hashes, then the denial counters
     args: tuple[str | int, ...]  # name, limit, window, bucket per limit
-    by_tokens: tuple[bool, ...]  # per limit: charged the request's tokens (else 1 per request)
 
     @classmethod
     def of(cls, keys: Keys, model: ModelSpec, tenant: str | None) -> WindowPlan:
@@ -153,19 +161,17 @@ class WindowPlan:
         for spec in limits:
             args += [spec.name, spec.limit, spec.window_ms, spec.bucket_ms]
         window_keys = tuple(window_key(keys, model.key, spec.name, spec.tenant) for spec in limits)
-        by_tokens = tuple(spec.counts == "tokens" for spec in limits)
-        return cls(limits, (*window_keys, keys.denials(model.key)), tuple(args), by_tokens)
+        return cls(limits, (*window_keys, keys.denials(model.key)), tuple(args))
 
-    def costs(self, tokens: int) -> list[int]:
-        """What one request of ``tokens`` costs on each limit."""
-        return [tokens if by_tokens else 1 for by_tokens in self.by_tokens]
+    def costs(self, input_tokens: int, output_tokens: int) -> list[int]:
+        """What one request of ``input_tokens`` and (at most) ``output_tokens`` costs on each limit."""
+        return [amount(spec.counts, 1, input_tokens, output_tokens) for spec in self.limits]
 
 
 def _acquire_windows(
     keys: Keys,
     model: ModelSpec,
     reservation: Reservation,
-    tokens: int,
     mode: Mode,
     now_ms: int | None,
     reservation_ttl_ms: int,
@@ -173,13 +179,13 @@ def _acquire_windows(
 ) -> Flow[Decision]:
     if plan is None:
         plan = WindowPlan.of(keys, model, reservation.tenant)
-    costs = plan.costs(tokens)
+    costs = plan.costs(reservation.input_tokens, reservation.max_output_tokens)
     reply = yield Script(
         "acquire",
         keys=(*plan.keys, keys.reservation(model.key, reservation.id, reservation.tenant)),
         args=(_now_arg(now_ms), mode, reservation_ttl_ms, len(plan.limits), 1, *plan.args, reservation.token, *costs),
     )
-    return _decision(reply, plan.limits, costs, reservation, tokens, mode, reservation_ttl_ms)
+    return _decision(reply, plan.limits, costs, reservation, mode, reservation_ttl_ms)
 
 
 def acquire_group(request: Script) -> tuple[Any, ...] | None:
@@ -235,7 +241,6 @@ def _decision(
     limits: Sequence[LimitSpec],
     costs: Sequence[int],
     reservation: Reservation,
-    tokens: int,
     mode: Mode,
     ttl_ms: int,
 ) -> Decision:
@@ -249,11 +254,9 @@ def _decision(
         raise ScriptError(f"acquire: malformed reply {reply!r}")
     named = MappingProxyType({spec.name: left for spec, left in zip(limits, remaining, strict=True) if left >= 0})
     bound = limits[binding - 1].name if binding else None
-    if status == 3:
+    if status == 3:  # the cost of that limit alone is more than the limit
         spec = limits[binding - 1]
-        raise RequestTooLargeError(
-            reservation.model_key, spec.name, 1 if spec.counts == "requests" else tokens, spec.limit
-        )
+        raise RequestTooLargeError(reservation.model_key, spec.name, costs[binding - 1], spec.limit)
     if status == 0:
         return Decision(False, wait_ms / 1000, bound, named, server_ms=now_ms)
     if status == 2:  # the handle of the acquire that holds this id
@@ -295,11 +298,11 @@ def settle(
     if not isinstance(reservation, Reservation):
         raise ConfigError(f"expected a Reservation, got {type(reservation).__name__}")
     if release:
-        requests, tokens = 0, 0
+        requests, used_in, used_out = 0, 0, 0
     else:
         used_in = check_tokens("input_tokens", reservation.input_tokens if input_tokens is None else input_tokens)
         used_out = check_tokens("output_tokens", 0 if output_tokens is None else output_tokens)
-        requests, tokens = 1, used_in + used_out
+        requests = 1
     token = reservation.token or "-"
     args: list[str | int] = [
         _now_arg(now_ms),
@@ -314,8 +317,7 @@ def settle(
         keys.reservation(reservation.model_key, reservation.id, reservation.tenant),
     ]
     for name, bucket, charged, window_ms, bucket_ms in reservation.charges:
-        amount = tokens if name.endswith("tokens_per_minute") else requests
-        args += [name, bucket, charged, window_ms, bucket_ms, amount]
+        args += [name, bucket, charged, window_ms, bucket_ms, amount(COUNTS[name], requests, used_in, used_out)]
         tenant = reservation.tenant if name.startswith("tenant.") else None
         window_keys.append(window_key(keys, reservation.model_key, name, tenant))
     usage = None

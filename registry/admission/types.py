@@ -19,10 +19,13 @@ from registry.errors import ConfigError
 from registry.models import MAX_ID_LENGTH, ModelSpec, RateLimit, parse_model_key, validate_name, validate_tenant
 
 __all__ = [
+    "COUNTS",
     "LIMIT_NAMES",
+    "Counts",
     "Decision",
     "LimitSpec",
     "Reservation",
+    "amount",
     "applicable_limits",
     "check_request_id",
     "check_reservation",
@@ -35,13 +38,36 @@ DAY_MS = 86_400_000
 MINUTE_BUCKET_MS = 1_000  # 60 buckets per minute window
 DAY_BUCKET_MS = 900_000  # 96 buckets of 15 minutes per day window (stays a compact listpack)
 
-_FIELDS: tuple[tuple[str, str, int, int], ...] = (
+Counts = Literal["requests", "tokens", "input_tokens", "output_tokens"]
+# Each limit field of RateLimit: what it counts, its window and its buckets. A request costs a
+# requests limit 1; "tokens" its input plus output tokens, "input_tokens" its input tokens and
+# "output_tokens" its output tokens (at acquire the estimate: input + max output; at settle the
+# real counts). The order is the one limits are passed in, so the one of `denied_by` on a tie.
+_FIELDS: tuple[tuple[str, Counts, int, int], ...] = (
     ("requests_per_minute", "requests", MINUTE_MS, MINUTE_BUCKET_MS),
     ("tokens_per_minute", "tokens", MINUTE_MS, MINUTE_BUCKET_MS),
+    ("input_tokens_per_minute", "input_tokens", MINUTE_MS, MINUTE_BUCKET_MS),
+    ("output_tokens_per_minute", "output_tokens", MINUTE_MS, MINUTE_BUCKET_MS),
     ("requests_per_day", "requests", DAY_MS, DAY_BUCKET_MS),
 )
 # Every limit name, in the order acquire and settle pass them: the model's, then the tenant's.
 LIMIT_NAMES: tuple[str, ...] = tuple(f for f, *_ in _FIELDS) + tuple(f"tenant.{f}" for f, *_ in _FIELDS)
+# What each limit name (the model's or a tenant's) counts.
+COUNTS: Mapping[str, Counts] = MappingProxyType(
+    {prefix + name: counts for prefix in ("", "tenant.") for name, counts, *_ in _FIELDS}
+)
+
+
+def amount(counts: Counts, requests: int, input_tokens: int, output_tokens: int) -> int:
+    """What a limit that counts ``counts`` is charged for ``requests`` requests (1, or 0 for a
+    release) of ``input_tokens`` and ``output_tokens``."""
+    if counts == "requests":
+        return requests
+    if counts == "input_tokens":
+        return input_tokens
+    if counts == "output_tokens":
+        return output_tokens
+    return input_tokens + output_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +75,7 @@ class LimitSpec:
     """One limit as the scripts see it."""
 
     name: str  # e.g. "tokens_per_minute", "tenant.requests_per_day"
-    counts: Literal["requests", "tokens"]
+    counts: Counts
     limit: int
     window_ms: int
     bucket_ms: int
@@ -173,7 +199,7 @@ def _specs(rate: RateLimit, prefix: str, tenant: str | None) -> list[LimitSpec]:
     for name, counts, window, bucket in _FIELDS:
         value = getattr(rate, name)
         if value is not None:
-            out.append(LimitSpec(prefix + name, counts, value, window, bucket, tenant))  # type: ignore[arg-type]
+            out.append(LimitSpec(prefix + name, counts, value, window, bucket, tenant))
     return out
 
 

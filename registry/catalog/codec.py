@@ -26,6 +26,13 @@ _INTS = ("context_window", "max_output_tokens")
 _JSON = ("capabilities", "tags", "cost", "rate_limit", "tenant_limits", "metadata")
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
+# Limit fields newer than the first release, stored only when set: a client that predates them
+# (its RateLimit forbids unknown fields) still reads every model that does not use them.
+_NEWER_LIMITS = ("input_tokens_per_minute", "output_tokens_per_minute")
+
+
+def _limits(rate: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in rate.items() if v is not None or k not in _NEWER_LIMITS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +47,8 @@ class CatalogEntry:
 def encode_fields(model: ModelSpec) -> dict[str, str]:
     """The hash fields of ``model`` (without the script's ``_revision``/``_updated_ms``)."""
     data = model.model_dump(mode="json")
+    data["rate_limit"] = _limits(data["rate_limit"])
+    data["tenant_limits"] = {tenant: _limits(rate) for tenant, rate in data["tenant_limits"].items()}
     fields = {name: str(data[name]) for name in _SCALARS}
     for name in _INTS:
         if data[name] is not None:

@@ -18,6 +18,7 @@
     registry top [--interval SECONDS] [--once]
     registry exporter [--port PORT] [--addr ADDR]
     registry schema [--output FILE | --check FILE]
+    registry docs cli|config [--output FILE | --check FILE]
     registry acl [--worker-password P] [--admin-password P] [--dashboard-password P] [--aclfile]
                  [--output FILE | --check FILE]
     registry functions load | source

@@ -9,10 +9,10 @@ functions source`` prints it, for review or ``redis-cli -x FUNCTION LOAD``.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from registry.acl import ROLES, render, user_name
 from registry.cli.context import Context
+from registry.cli.output import compare_file, print_or_write
 
 __all__ = ["cmd_acl", "cmd_functions_load", "cmd_functions_source", "password_env"]
 
@@ -28,25 +28,9 @@ def cmd_acl(ctx: Context) -> int:
     passwords = {role: getattr(args, f"{role}_password") or os.environ.get(password_env(role)) for role in ROLES}
     text = render(ctx.namespace, passwords, comments=not args.aclfile)  # a bad namespace: ConfigError
     if args.check is not None:
-        path = Path(args.check)
-        try:
-            current = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            ctx.out.error(f"{path}: cannot read: {exc.strerror or exc}")
-            return 1
-        if current != text:
-            ctx.out.error(f"{path} differs from `registry acl` of namespace {ctx.namespace!r}; regenerate it")
-            return 1
-        ctx.out.line(f"{path} is up to date")
-        return 0
-    if args.output is not None:
-        Path(args.output).write_text(text, encoding="utf-8", newline="\n")
-        users = ", ".join(f"{user_name(ctx.namespace, r)}{'' if passwords[r] else ' (off)'}" for r in ROLES)
-        ctx.out.line(f"wrote {args.output}: {users}")
-        return 0
-    ctx.out.stdout.write(text)
-    ctx.out.stdout.flush()
-    return 0
+        return compare_file(ctx.out, args.check, text, f"differs from `registry acl` of namespace {ctx.namespace!r}")
+    users = ", ".join(f"{user_name(ctx.namespace, r)}{'' if passwords[r] else ' (off)'}" for r in ROLES)
+    return print_or_write(ctx.out, text, args.output, users)
 
 
 def cmd_functions_load(ctx: Context) -> int:
@@ -66,6 +50,5 @@ def cmd_functions_source(ctx: Context) -> int:
     """Print the library's source, as FUNCTION LOAD takes it."""
     from registry.functions import library
 
-    ctx.out.stdout.write(library().source)
-    ctx.out.stdout.flush()
+    ctx.out.write(library().source)
     return 0

@@ -18,7 +18,7 @@ from typing import Any
 from registry import _resources, embedded
 from registry.catalog.sync import read_catalog_file
 from registry.cli.context import CONNECT_TIMEOUT, Context, redact
-from registry.cli.output import render_table
+from registry.cli.output import render_table, token_limits
 from registry.client import Registry
 from registry.demo import scenario as sc
 from registry.demo.dashboard import Board, LiveView, PlainView
@@ -91,14 +91,16 @@ def _introduce(ctx: Context, scenario: sc.Scenario, reg: Registry, config: Path)
                 model.key,
                 f"{weight:.0%}",
                 f"{model.rate_limit.requests_per_minute or 0:,}",
-                f"{model.rate_limit.tokens_per_minute or 0:,}",
+                token_limits(model.rate_limit),
                 f"{tenant_rpm.requests_per_minute:,}" if tenant_rpm and tenant_rpm.requests_per_minute else "-",
                 "free" if model.cost.is_free else f"{model.cost.input}/{model.cost.output} per {model.cost.per:,}",
             )
         )
     out.lines(
         f"  {line}"
-        for line in render_table(("MODEL", "SHARE", "RPM", "TPM", "RPM PER TENANT", "USD"), rows, right=(1, 2, 3, 4))
+        for line in render_table(
+            ("MODEL", "SHARE", "RPM", "TOKENS/MIN", "RPM PER TENANT", "USD"), rows, right=(1, 2, 3, 4)
+        )
     )
     tenants = ", ".join(
         (t.name or "no tenant") + (f" (budget ${t.budget}/day)" if t.budget is not None else "")

@@ -1,4 +1,6 @@
-"""How the command line shows things: aligned tables for people, JSON documents for scripts.
+"""How the command line shows things: aligned tables for people, JSON documents for scripts,
+and generated files (printed or written to ``--output``, :func:`print_or_write`; compared with
+``--check``, :func:`compare_file`).
 
 Money is never a float here: a :class:`~decimal.Decimal` is printed in plain positional
 notation (``0.00000045``, not ``4.5E-7``) and goes into JSON as that string.
@@ -11,6 +13,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, TextIO
 
 from registry.models import ModelSpec, RateLimit
@@ -18,11 +21,14 @@ from registry.models import ModelSpec, RateLimit
 __all__ = [
     "Output",
     "amount",
+    "compare_file",
     "cost_text",
     "model_details",
     "model_table",
+    "print_or_write",
     "render_table",
     "to_json",
+    "token_limits",
 ]
 
 _PER = {1: "1", 1000: "1K", 1_000_000: "1M"}
@@ -72,6 +78,11 @@ class Output:
         for text in texts:
             self.line(text)
 
+    def write(self, text: str) -> None:
+        """``text`` on stdout as it is (a generated file: no newline added, nothing escaped)."""
+        self.stdout.write(text)
+        self.stdout.flush()
+
     def document(self, document: Any, *, compact: bool = False) -> None:
         """One JSON document (``compact``: on one line, for a stream of them)."""
         self.line(to_json(document, compact=compact))
@@ -87,6 +98,35 @@ def _printable(text: str) -> str:
     if text.isascii():
         return text
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def compare_file(out: Output, check: str, text: str, stale: str, command: str | None = None) -> int:
+    """``--check FILE``: exit status 0 if the file ``check`` holds ``text``; else 1, with an error
+    that it cannot be read or ``FILE <stale>; regenerate it`` (``with: <command> --output FILE``
+    after it, if ``command`` is given)."""
+    path = Path(check)
+    try:
+        current = path.read_text(encoding="utf-8", errors="replace")  # not UTF-8: it differs
+    except OSError as exc:
+        out.error(f"{path}: cannot read: {exc.strerror or exc}")
+        return 1
+    if current != text:
+        how = f" with: {command} --output {path}" if command else ""
+        out.error(f"{path} {stale}; regenerate it{how}")
+        return 1
+    out.line(f"{path} is up to date")
+    return 0
+
+
+def print_or_write(out: Output, text: str, output: str | None, detail: str = "") -> int:
+    """A generated file's ``text`` on stdout, or written to ``--output FILE`` (then ``wrote
+    FILE``, and ``: detail`` if given). Returns the exit status, 0."""
+    if output is None:
+        out.write(text)
+        return 0
+    Path(output).write_text(text, encoding="utf-8", newline="\n")
+    out.line(f"wrote {output}: {detail}" if detail else f"wrote {output}")
+    return 0
 
 
 def render_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, right: Iterable[int] = ()) -> list[str]:
@@ -131,7 +171,7 @@ def model_table(models: Sequence[ModelSpec]) -> list[str]:
             _per(m.cost.per),
             m.cost.currency,
             _count(m.rate_limit.requests_per_minute),
-            _count(m.rate_limit.tokens_per_minute),
+            token_limits(m.rate_limit),
             _count(m.rate_limit.requests_per_day),
         )
         for m in models
@@ -139,10 +179,25 @@ def model_table(models: Sequence[ModelSpec]) -> list[str]:
     return render_table(headers, rows, right=(2, 3, 4, 5, 7, 8, 9))
 
 
+def token_limits(limit: RateLimit) -> str:
+    """A rate limit's tokens per minute, in a few characters: ``31,000`` (input plus output), or
+    ``30,000 in, 8,000 out`` where input and output are limited apart; ``-`` for none."""
+    parts = [
+        f"{value:,}{suffix}"
+        for value, suffix in (
+            (limit.tokens_per_minute, ""),
+            (limit.input_tokens_per_minute, " in"),
+            (limit.output_tokens_per_minute, " out"),
+        )
+        if value is not None
+    ]
+    return ", ".join(parts) or "-"
+
+
 def _limits(limit: RateLimit) -> str:
     return (
         f"{_count(limit.requests_per_minute)} requests/min, "
-        f"{_count(limit.tokens_per_minute)} tokens/min, "
+        f"{token_limits(limit)} tokens/min, "
         f"{_count(limit.requests_per_day)} requests/day"
     )
 

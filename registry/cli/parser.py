@@ -9,7 +9,7 @@ from decimal import Decimal, InvalidOperation
 from registry import __version__
 from registry.acl import ROLES
 from registry.budgets.periods import PERIODS
-from registry.cli import access, budgets, catalog, demo, events, exporter, sync, tools, top
+from registry.cli import access, budgets, catalog, demo, events, exporter, reference, sync, tools, top
 from registry.events import EVENT_TYPES
 from registry.models import Status
 
@@ -276,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="print one frame and exit (no terminal needed)")
 
     p = _command(sub, "schema", tools.cmd_schema, "the config file's JSON Schema")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--output", metavar="FILE", help="write it to FILE")
+    group.add_argument("--check", metavar="FILE", help="exit 1 if FILE differs from it")
+
+    p = _command(sub, "docs", reference.cmd_docs, "the reference pages docs/cli.md and docs/config.md, from the code")
+    p.add_argument("page", choices=tuple(reference.PAGES), help="cli (this parser) or config (the JSON Schema)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--output", metavar="FILE", help="write it to FILE")
     group.add_argument("--check", metavar="FILE", help="exit 1 if FILE differs from it")

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from registry.cli.context import Context
-from registry.cli.output import render_table
+from registry.cli.output import compare_file, print_or_write, render_table
 from registry.cli.progress import Steps
 from registry.errors import ConfigError
 
@@ -86,27 +86,9 @@ def cmd_schema(ctx: Context) -> int:
     args = ctx.args
     text = render_schema()
     if args.check is not None:
-        path = Path(args.check)
-        try:
-            current = path.read_text(encoding="utf-8", errors="replace")  # not UTF-8: it differs
-        except OSError as exc:
-            ctx.out.error(f"{path}: cannot read: {exc.strerror or exc}")
-            return 1
-        if current != text:
-            ctx.out.error(
-                f"{path} differs from the schema of this version of registry; "
-                f"regenerate it with: registry schema --output {path}"
-            )
-            return 1
-        ctx.out.line(f"{path} is up to date")
-        return 0
-    if args.output is not None:
-        Path(args.output).write_text(text, encoding="utf-8", newline="\n")
-        ctx.out.line(f"wrote {args.output}")
-        return 0
-    ctx.out.stdout.write(text)
-    ctx.out.stdout.flush()
-    return 0
+        stale = "differs from the schema of this version of registry"
+        return compare_file(ctx.out, args.check, text, stale, "registry schema")
+    return print_or_write(ctx.out, text, args.output)
 
 
 def cmd_export(ctx: Context) -> int:
@@ -116,13 +98,8 @@ def cmd_export(ctx: Context) -> int:
     with ctx.registry() as reg:
         document = reg.export()
     text = json.dumps(document, indent=2, sort_keys=True) + "\n"
-    if ctx.args.output is None:
-        ctx.out.stdout.write(text)
-        ctx.out.stdout.flush()
-        return 0
-    Path(ctx.args.output).write_text(text, encoding="utf-8")
-    ctx.out.line(f"wrote {ctx.args.output}: {len(document['catalog'])} models, {len(document['ledger'])} ledger keys")
-    return 0
+    detail = f"{len(document['catalog'])} models, {len(document['ledger'])} ledger keys"
+    return print_or_write(ctx.out, text, ctx.args.output, detail)
 
 
 def cmd_import_dump(ctx: Context) -> int:

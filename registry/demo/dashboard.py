@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from registry.cli.output import Output, cost_text
+from registry.cli.output import Output, cost_text, token_limits
 from registry.demo.fleet import FleetStatus
 from registry.demo.scenario import Scenario
 from registry.ledger.stats import Statistics
@@ -100,7 +100,7 @@ class LiveView:
         for (model, _, _), n in e.denials.items():
             denied[model] += n
         table = Table(title=f"registry demo: {_header(status)}", title_justify="left")
-        for name in ("model", "RPM", "TPM", "admitted", "denied", "ledger req", "spend"):
+        for name in ("model", "RPM", "tokens/min", "admitted", "denied", "ledger req", "spend"):
             table.add_column(name, justify="left" if name == "model" else "right", no_wrap=name == "model")
         for model in self.models:
             totals = board.stats.by_model.get(model.key)
@@ -108,7 +108,7 @@ class LiveView:
             table.add_row(
                 model.key,
                 f"{rate.requests_per_minute or 0:,}",
-                f"{rate.tokens_per_minute or 0:,}",
+                token_limits(rate),
                 f"{admitted[model.key]:,}",
                 f"{denied[model.key]:,}",
                 f"{totals.requests if totals else 0:,}",

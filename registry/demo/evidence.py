@@ -31,6 +31,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from registry.admission.types import Counts, amount
+
 __all__ = ["DUPLICATE_KINDS", "Admission", "Evidence", "LogReader", "Record"]
 
 DUPLICATE_KINDS = ("acquire", "settle", "record")
@@ -44,14 +46,16 @@ class Admission:
     tenant: str | None
     id: str
     server_ms: int
-    reserved: int  # input + max output tokens
-    final: int | None = None  # input + output tokens once a settle counted
+    input: int  # input tokens reserved
+    max_output: int  # output tokens reserved
+    final: tuple[int, int] | None = None  # input and output tokens once a settle counted
 
-    @property
-    def charge(self) -> int:
-        """What the request holds in its token windows in the end: its real tokens once settled,
-        else (a worker that died, a settle that did not count) the whole reservation."""
-        return self.reserved if self.final is None else self.final
+    def charge(self, counts: Counts) -> int:
+        """What the request holds in the end in a window that counts ``counts``: 1 request; in a
+        token window its real tokens once settled, else (a worker that died, a settle that did
+        not count) its whole reservation. Input plus output, input only or output only."""
+        input_tokens, output_tokens = (self.input, self.max_output) if self.final is None else self.final
+        return amount(counts, 1, input_tokens, output_tokens)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +109,7 @@ class Evidence:
         if event == "admit":
             key = (entry["m"], entry["id"])
             self.admissions[key] = Admission(
-                entry["m"], entry["t"], entry["id"], int(entry["ms"]), int(entry["in"]) + int(entry["max"])
+                entry["m"], entry["t"], entry["id"], int(entry["ms"]), int(entry["in"]), int(entry["max"])
             )
         elif event == "deny":
             self.denials[(entry["m"], entry["t"], entry["by"])] += 1
@@ -135,9 +139,8 @@ class Evidence:
         if not entry["counted"]:
             self.uncounted += 1
             return
-        used = int(entry["in"]) + int(entry["out"])
         if via == "settle":
-            self.admissions[(entry["m"], entry["id"])].final = used
+            self.admissions[(entry["m"], entry["id"])].final = (int(entry["in"]), int(entry["out"]))
         self.records.append(
             Record(
                 entry["m"],

@@ -4,8 +4,11 @@ The shipped catalog's limits are real providers' quotas, far above what a 20-sec
 laptop reaches. So the models the fleet uses get limits sized to *this* run: about half of the
 requests the fleet will send to a model fit in its window, so every limit is reached while the
 run is going on. Half the models are held by their requests-per-minute limit, half by their
-tokens-per-minute limit; one model also limits every tenant on it (``tenant_limits["*"]``); a
-free local model, when the catalog has one, takes the overflow at a looser limit. Two tenants
+tokens-per-minute limit; a model whose provider counts input and output tokens apart
+(Anthropic's ``input_tokens_per_minute`` and ``output_tokens_per_minute``) keeps those two
+limits instead, and is held by one or the other. One model also limits every tenant on it
+(``tenant_limits["*"]``); a free local model, when the catalog has one, takes the overflow at a
+looser limit. Two tenants
 get daily budgets of about a quarter and a half of what they would spend, so both run out.
 """
 
@@ -23,7 +26,15 @@ from registry.errors import ConfigError, map_redis_errors
 from registry.models import ModelSpec, Status
 from registry.pricing import estimate
 
-__all__ = ["Scenario", "Tenant", "build", "install", "namespace_keys", "new_namespace", "remove_namespace"]
+__all__ = [
+    "Scenario",
+    "Tenant",
+    "build",
+    "install",
+    "namespace_keys",
+    "new_namespace",
+    "remove_namespace",
+]
 
 # The shipped catalog's models the demo prefers, in this order; another catalog's active chat
 # models otherwise.
@@ -40,7 +51,8 @@ PER_WORKER_RPS = 9.0  # about what one worker sustains with the simulated latenc
 # Request shapes (see worker.py): the prompt is log-normal around 600 tokens, 40 to 6,000.
 INPUT_MEDIAN, INPUT_SIGMA, INPUT_MIN, INPUT_MAX = 600, 0.8, 40, 6_000
 MAX_OUTPUTS = (128, 256, 512, 1_024)
-MEAN_RESERVED = 1_300  # input (mean about 830) + max output (mean 480)
+MEAN_INPUT, MEAN_MAX_OUTPUT = 830, 480
+MEAN_RESERVED = MEAN_INPUT + MEAN_MAX_OUTPUT  # what a request reserves on average
 LARGEST = INPUT_MAX + max(MAX_OUTPUTS)
 LIFETIME = (15, 50)  # admissions before a mortal worker dies (drawn per process)
 
@@ -150,16 +162,31 @@ def _pick(catalog: Sequence[ModelSpec]) -> list[ModelSpec]:
 
 def _tight(model: ModelSpec, index: int, attempts: float, total: float, *, free: bool) -> ModelSpec:
     """``model`` with limits sized so that about half of ``attempts`` requests fit."""
+    # Token limits: room for `requests` requests of the mean size, and at least `floor` of the
+    # largest (a request larger than a limit never fits); `tight` sizes the one that holds.
+    requests, floor = 2 * attempts, 3
+    tight: dict[str, float] = {}
     if free:  # the overflow's destination: room for a fifth of everything the fleet sends
-        rpm, tpm = _nice(0.18 * total, 10), _nice(0.2 * total * MEAN_RESERVED, 3 * LARGEST)
+        rpm, requests = _nice(0.18 * total, 10), 0.2 * total
     elif index % 2 == 0:  # held by its requests per minute
-        rpm, tpm = _nice(0.42 * attempts, 5), _nice(2 * attempts * MEAN_RESERVED, 3 * LARGEST)
-    else:  # held by its tokens per minute (settle's refunds let more requests in than it seems)
-        rpm, tpm = _nice(1.5 * attempts, 10), _nice(0.33 * attempts * MEAN_RESERVED, 2 * LARGEST)
+        rpm = _nice(0.42 * attempts, 5)
+    else:  # held by its tokens per minute (settle's refunds let more requests in than it seems);
+        # where input and output are limited apart, by input tokens (never refunded) or output
+        # tokens (refunded to about half the max output), one such model in two
+        rpm, floor = _nice(1.5 * attempts, 10), 2
+        tight = {"tokens": 0.33, **({"input": 0.5} if index // 2 % 2 == 0 else {"output": 0.25})}
+
+    def limit(kind: str, mean: int, largest: int) -> int:
+        return _nice((tight[kind] * attempts if kind in tight else requests) * mean, floor * largest)
+
     note = "registry demo: sized to this run so that it is reached"
-    changes: dict[str, Any] = {
-        "rate_limit": {"requests_per_minute": rpm, "tokens_per_minute": tpm, "requests_per_day": None, "note": note}
-    }
+    rate: dict[str, Any] = {"requests_per_minute": rpm}
+    if model.rate_limit.input_tokens_per_minute is None and model.rate_limit.output_tokens_per_minute is None:
+        rate["tokens_per_minute"] = limit("tokens", MEAN_RESERVED, LARGEST)
+    else:  # the provider counts input and output tokens apart (Anthropic's ITPM and OTPM): so does the demo
+        rate["input_tokens_per_minute"] = limit("input", MEAN_INPUT, INPUT_MAX)
+        rate["output_tokens_per_minute"] = limit("output", MEAN_MAX_OUTPUT, max(MAX_OUTPUTS))
+    changes: dict[str, Any] = {"rate_limit": {**rate, "note": note}}
     if index == 0:  # every tenant on the first model gets a share of it
         changes["tenant_limits"] = {"*": {"requests_per_minute": _nice(0.15 * attempts, 3)}}
     else:

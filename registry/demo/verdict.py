@@ -8,11 +8,13 @@ What is checked, and why the library guarantees each (README, "The algorithm"):
   window ``(a - window, a]`` held every earlier admission of the interval (the server's clock
   does not run backwards), each bucket overlapping the window counts in full, and admission
   never lets the total pass the limit. A request counts 1 in a requests window whatever
-  happens to it (a settle leaves 1, a dead worker's reservation stays). In a tokens window a
+  happens to it (a settle leaves 1, a dead worker's reservation stays). In a tokens window
+  (input plus output tokens, input tokens only or output tokens only, as the limit counts) a
   request counts its reservation until it is settled, then its real tokens, which are never
-  more (the workers settle at most their max output): so the sum of each request's *final*
-  charge, real tokens if settled and its reservation if never, is at most what the window
-  held at that last admission, hence at most the limit. That is what is checked for tokens.
+  more (the workers settle the input they reserved and at most their max output): so the sum
+  of each request's *final* charge, real tokens if settled and its reservation if never, is at
+  most what the window held at that last admission, hence at most the limit. That is what is
+  checked for tokens.
 - **Spend.** The workers price every request they settled or recorded themselves (once per
   request id) and round it once to nano-units, half to even, as the ledger does; the ledger's
   requests, tokens and cost per model, per tenant and in total must equal those sums exactly.
@@ -156,10 +158,9 @@ def _window_checks(models: Mapping[str, ModelSpec], admissions: Sequence[Admissi
             for spec in applicable_limits(model, tenant):
                 if (spec.tenant is None) != (tenant is None):
                     continue
-                tokens = spec.counts == "tokens"
-                peak, at = window_max(((a.server_ms, a.charge if tokens else 1) for a in group), spec.window_ms)
+                peak, at = window_max(((a.server_ms, a.charge(spec.counts)) for a in group), spec.window_ms)
                 subject = key if tenant is None else f"{key} {tenant}"
-                what = "tokens" if tokens else "requests"
+                what = spec.counts.replace("_", " ")  # requests, tokens, input tokens, output tokens
                 text = f"{spec.name}: max {peak:,} {what} in any {_span(spec.window_ms)} window, limit {spec.limit:,}"
                 data = {"model": key, "tenant": tenant, "limit_name": spec.name, "max": peak, "at_ms": at}
                 checks.append(Check("window", subject, text, peak <= spec.limit, {**data, "limit": spec.limit}))

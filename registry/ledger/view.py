@@ -30,7 +30,7 @@ __all__ = ["FleetView", "ModelView", "WindowUse", "fleet_view"]
 class WindowUse:
     """How much of one sliding-window limit is in use now."""
 
-    name: str  # requests_per_minute, tokens_per_minute, requests_per_day
+    name: str  # a limit name: requests_per_minute, tokens_per_minute, input_tokens_per_minute, ...
     used: int
     limit: int
     window_s: int
