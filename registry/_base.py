@@ -383,6 +383,8 @@ class RegistryBase:
         latency_ms: float | None,
         release: bool = False,
         throttled: bool = False,
+        cached_input_tokens: int = 0,
+        cache_write_tokens: int = 0,
     ) -> Flow[bool]:
         """Settle (recording the usage in the model's ledger, same script) or release."""
         if latency_ms is not None and (_not_a_number(latency_ms) or not latency_ms >= 0):
@@ -404,6 +406,8 @@ class RegistryBase:
                 success=success,
                 latency_ms=latency_ms,
                 throttled=throttled,
+                cached_input_tokens=cached_input_tokens,
+                cache_write_tokens=cache_write_tokens,
                 predicted_ms=self._predicted_ms(),
                 sample_cap=self._sample_cap(),
                 budgets={(b.scope, b.period): b for b in tenant_budgets},
@@ -426,6 +430,8 @@ class RegistryBase:
         tenant: str | None,
         request_id: str | None,
         throttled: bool = False,
+        cached_input_tokens: int = 0,
+        cache_write_tokens: int = 0,
     ) -> Flow[UsageRecord]:
         model = snapshot.get(self._key(model_key))
 
@@ -440,6 +446,8 @@ class RegistryBase:
                 tenant=tenant,
                 request_id=request_id,
                 throttled=throttled,
+                cached_input_tokens=cached_input_tokens,
+                cache_write_tokens=cache_write_tokens,
                 now_ms=self._now_ms(),
                 predicted_ms=self._predicted_ms(),
                 sample_cap=self._sample_cap(),
@@ -448,7 +456,15 @@ class RegistryBase:
 
         def priced() -> UsageRecord:  # spooled: what the ledger will add, priced here
             usage = ledger.Usage.of(
-                model, input_tokens, output_tokens, bool(success), latency_ms, tenant, bool(throttled)
+                model,
+                input_tokens,
+                output_tokens,
+                bool(success),
+                latency_ms,
+                tenant,
+                bool(throttled),
+                cached_input_tokens,
+                cache_write_tokens,
             )
             return UsageRecord(True, usage.cost, usage.units, self._predicted_ms())
 

@@ -474,14 +474,28 @@ class AsyncRegistry(RegistryBase):
         latency_ms: float | None = None,
         *,
         throttled: bool = False,
+        cached_input_tokens: int = 0,
+        cache_write_tokens: int = 0,
     ) -> bool:
         """Replace the reserved estimate with the real counts, once; False if already settled.
 
         ``throttled``: the provider refused the request for its own rate limit (HTTP 429); it
-        counts as a failure and in the ledger's ``throttled`` counter.
+        counts as a failure and in the ledger's ``throttled`` counter. ``cached_input_tokens``
+        and ``cache_write_tokens``: the part of ``input_tokens`` read from and written to the
+        provider's prompt cache, billed at the model's ``cached_input`` and ``cache_write``
+        prices (as :meth:`estimate_cost` does) and counted in the ledger apart as well; cache
+        reads are left out of ``input_tokens_per_minute`` (Anthropic's ITPM does not count them).
         """
         flow = self._settle_flow(
-            await self._catalog(), reservation, input_tokens, output_tokens, success, latency_ms, throttled=throttled
+            await self._catalog(),
+            reservation,
+            input_tokens,
+            output_tokens,
+            success,
+            latency_ms,
+            throttled=throttled,
+            cached_input_tokens=cached_input_tokens,
+            cache_write_tokens=cache_write_tokens,
         )
         return await self._run(flow)
 
@@ -584,11 +598,14 @@ class AsyncRegistry(RegistryBase):
         request_id: str | None = None,
         *,
         throttled: bool = False,
+        cached_input_tokens: int = 0,
+        cache_write_tokens: int = 0,
     ) -> UsageRecord:
         """Add one request's tokens, exact cost, outcome and latency to the ledger, atomically.
 
         With a ``request_id`` it counts once however often it is sent (24 h memory); the
-        result says whether this call was the one that counted. ``throttled`` as in :meth:`settle`.
+        result says whether this call was the one that counted. ``throttled``,
+        ``cached_input_tokens`` and ``cache_write_tokens`` as in :meth:`settle`.
         """
         flow = self._record_flow(
             await self._catalog(),
@@ -600,6 +617,8 @@ class AsyncRegistry(RegistryBase):
             tenant,
             request_id,
             throttled,
+            cached_input_tokens,
+            cache_write_tokens,
         )
         return self._learned(await self._run(flow))
 

@@ -11,7 +11,10 @@ Every series, its labels and its meaning::
     registry_up                                      gauge    1 if the last read of Redis worked
     registry_scrape_duration_seconds                 gauge    how long that read took
     registry_requests_total{model,provider,outcome}  counter  outcome: success | failure
-    registry_input_tokens_total{model,provider}      counter
+    registry_provider_throttled_total{model,provider}   counter  the provider's own 429s (failures too)
+    registry_input_tokens_total{model,provider}      counter  every prompt token, cached ones included
+    registry_cached_input_tokens_total{model,provider}  counter  of those, read from the prompt cache
+    registry_cache_write_tokens_total{model,provider}   counter  of those, written to the prompt cache
     registry_output_tokens_total{model,provider}     counter
     registry_cost_total{model,provider,currency}     counter  in the currency's major unit
     registry_cost_today{model,provider,currency}     gauge    this UTC day
@@ -121,6 +124,16 @@ def fleet_metrics(view: FleetView) -> list[Metric]:
         labels=_MODEL,
     )
     input_tokens = CounterMetricFamily("registry_input_tokens", "Input (prompt) tokens recorded.", labels=_MODEL)
+    cached_input = CounterMetricFamily(
+        "registry_cached_input_tokens",
+        "Input tokens read from the provider's prompt cache (counted in registry_input_tokens too).",
+        labels=_MODEL,
+    )
+    cache_write = CounterMetricFamily(
+        "registry_cache_write_tokens",
+        "Input tokens written to the provider's prompt cache (counted in registry_input_tokens too).",
+        labels=_MODEL,
+    )
     output_tokens = CounterMetricFamily("registry_output_tokens", "Output tokens recorded.", labels=_MODEL)
     cost = CounterMetricFamily("registry_cost", f"Cost recorded, {_MONEY}.", labels=[*_MODEL, "currency"])
     today = GaugeMetricFamily(
@@ -150,6 +163,8 @@ def fleet_metrics(view: FleetView) -> list[Metric]:
         requests.add_metric([*labels, "failure"], total.failures)
         throttled.add_metric(labels, total.throttled)
         input_tokens.add_metric(labels, total.input_tokens)
+        cached_input.add_metric(labels, total.cached_input_tokens)
+        cache_write.add_metric(labels, total.cache_write_tokens)
         output_tokens.add_metric(labels, total.output_tokens)
         cost.add_metric([*labels, currency], _money(total.total_cost))
         today.add_metric([*labels, currency], _money(mv.today.total_cost))
@@ -211,6 +226,8 @@ def fleet_metrics(view: FleetView) -> list[Metric]:
         requests,
         throttled,
         input_tokens,
+        cached_input,
+        cache_write,
         output_tokens,
         cost,
         today,

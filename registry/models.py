@@ -243,6 +243,11 @@ class RateLimit(_Strict):
     input plus output tokens (OpenAI's TPM); ``input_tokens_per_minute`` and
     ``output_tokens_per_minute`` count them apart (Anthropic's ITPM and OTPM). A model may set
     any of them; a request must fit in each one set.
+
+    Prompt caching: an acquire reserves every input token (the cache split is not known yet);
+    a settle given ``cached_input_tokens`` moves ``input_tokens_per_minute`` to the input less
+    those cache reads, as Anthropic's ITPM does not count them (cache writes it does), while
+    ``tokens_per_minute`` keeps every input token, as OpenAI's TPM does.
     """
 
     requests_per_minute: Limit = None
@@ -250,7 +255,8 @@ class RateLimit(_Strict):
     input_tokens_per_minute: Limit = Field(
         default=None,
         description="Input tokens in any 60 s window (Anthropic's ITPM): an acquire reserves the request's "
-        "input tokens, settle corrects them to the real input (cached prompt tokens included); null: no limit.",
+        "input tokens, settle corrects them to the real input less the prompt tokens read from the cache "
+        "(`cached_input_tokens`, which Anthropic's ITPM does not count; cache writes count); null: no limit.",
     )
     output_tokens_per_minute: Limit = Field(
         default=None,

@@ -27,7 +27,7 @@ from decimal import Decimal
 from registry.errors import ConfigError
 from registry.models import MAX_TOKENS, Cost
 
-__all__ = ["Rates", "check_tokens", "estimate", "price", "rates_for"]
+__all__ = ["Rates", "check_cache_tokens", "check_tokens", "estimate", "price", "rates_for"]
 
 # Prices carry at most a few dozen significant digits and token counts at most 10; a
 # thousand digits of precision can never round, and Inexact traps prove it.
@@ -101,14 +101,7 @@ def estimate(
     """The exact price of one request, in ``cost.currency``."""
     input_tokens = _tokens("input_tokens", input_tokens)
     output_tokens = _tokens("output_tokens", output_tokens)
-    cached_input_tokens = _tokens("cached_input_tokens", cached_input_tokens)
-    cache_write_tokens = _tokens("cache_write_tokens", cache_write_tokens)
-    if cached_input_tokens + cache_write_tokens > input_tokens:
-        raise ConfigError(
-            "cached_input_tokens + cache_write_tokens "
-            f"({cached_input_tokens} + {cache_write_tokens}) exceed input_tokens ({input_tokens}):"
-            " input_tokens counts every prompt token, cached ones included"
-        )
+    cached_input_tokens, cache_write_tokens = check_cache_tokens(input_tokens, cached_input_tokens, cache_write_tokens)
     reasoning_tokens = _tokens("reasoning_tokens", reasoning_tokens)
     if reasoning_tokens > output_tokens:
         raise ConfigError(
@@ -121,6 +114,22 @@ def estimate(
 def check_tokens(name: str, value: int) -> int:
     """``value`` if it is a whole token count in range; :class:`ConfigError` otherwise."""
     return _tokens(name, value)
+
+
+def check_cache_tokens(input_tokens: int, cached_input_tokens: int, cache_write_tokens: int) -> tuple[int, int]:
+    """``(cached_input_tokens, cache_write_tokens)`` if each is a whole token count and together
+    they are part of ``input_tokens`` (a count already checked); :class:`ConfigError` otherwise."""
+    if type(cached_input_tokens) is type(cache_write_tokens) is int and cached_input_tokens == cache_write_tokens == 0:
+        return 0, 0  # the common request: no prompt cache
+    cached_input_tokens = _tokens("cached_input_tokens", cached_input_tokens)
+    cache_write_tokens = _tokens("cache_write_tokens", cache_write_tokens)
+    if cached_input_tokens + cache_write_tokens > input_tokens:
+        raise ConfigError(
+            "cached_input_tokens + cache_write_tokens "
+            f"({cached_input_tokens} + {cache_write_tokens}) exceed input_tokens ({input_tokens}):"
+            " input_tokens counts every prompt token, cached ones included"
+        )
+    return cached_input_tokens, cache_write_tokens
 
 
 # What _plain needs of a price pair: both prices as integers over one power of ten, that

@@ -216,6 +216,13 @@ def ledger(kit: Kit, key: str | None = None) -> tuple[int, ...]:
     return s.requests, s.successes, s.failures, s.throttled, s.input_tokens, s.output_tokens
 
 
+def cache_ledger(kit: Kit, key: str | None = None) -> tuple[int, int, int]:
+    """(cached input tokens, cache write tokens, cost units) in the ledger of ``key`` (the kit's
+    model by default)."""
+    s = kit.reg.get_statistics(model=key or kit.sdk.key)
+    return s.cached_input_tokens, s.cache_write_tokens, s.cost_units
+
+
 def room(kit: Kit) -> tuple[int, int]:
     """(requests, tokens) left in the minute windows of the kit's model."""
     left = kit.reg.check_rate_limit(kit.sdk.key, 0).remaining

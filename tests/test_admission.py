@@ -557,6 +557,46 @@ def test_settle_moves_each_to_the_real_input_and_output_and_release_to_zero(spli
     assert left(split)["output_tokens_per_minute"] == 2000
 
 
+def test_itpm_settles_to_the_input_less_its_cache_reads_and_tpm_to_every_token(split: Any, r: redis.Redis) -> None:
+    """Anthropic's ITPM does not count prompt tokens read from its cache (it does count cache
+    writes): settle moves an input-tokens window to ``input_tokens - cached_input_tokens``, the
+    model's and the tenant's alike. A total-tokens window (OpenAI's TPM) counts every token. The
+    acquire cannot know the split: it reserves the whole input."""
+    held = split.acquire(CLAUDE, 4000, 1000).reservation
+    assert left(split)["input_tokens_per_minute"] == 6000
+    assert split.settle(held, 5000, 250, cached_input_tokens=3000, cache_write_tokens=1500)
+    assert left(split) == {
+        "requests_per_minute": 49,
+        "input_tokens_per_minute": 10_000 - 2000,  # 500 plain + 1,500 written
+        "output_tokens_per_minute": 2000 - 250,
+    }
+    vip = split.acquire(CLAUDE, 2000, 100, tenant="vip").reservation
+    assert left(split, "vip")["tenant.input_tokens_per_minute"] == 1000
+    assert split.settle(vip, 2000, 100, cached_input_tokens=1800)
+    assert left(split, "vip")["tenant.input_tokens_per_minute"] == 3000 - 200
+    assert left(split)["input_tokens_per_minute"] == 10_000 - 2000 - 200
+    stats = split.get_statistics(model=CLAUDE)  # the ledger keeps every input token
+    assert (stats.input_tokens, stats.cached_input_tokens, stats.cache_write_tokens) == (7000, 4800, 1500)
+
+    split.register_model(
+        model("anthropic", "both", rate_limit={"tokens_per_minute": 10_000, "input_tokens_per_minute": 10_000})
+    )
+    both = split.acquire("anthropic:both", 1000, 100).reservation
+    assert split.settle(both, 1000, 100, cached_input_tokens=900, cache_write_tokens=100)
+    assert dict(split.check_rate_limit("anthropic:both").remaining) == {
+        "tokens_per_minute": 10_000 - 1100,
+        "input_tokens_per_minute": 10_000 - 100,
+    }
+
+    # A model deleted since the acquire: the windows only, the same rule and the same checks.
+    gone = split.acquire(CLAUDE, 1000, 0).reservation
+    split.delete_model(CLAUDE)
+    with pytest.raises(ConfigError, match="exceed input_tokens"):
+        split.settle(gone, 1000, 0, cached_input_tokens=1001)
+    assert split.settle(gone, 1000, 0, cached_input_tokens=400)
+    assert r.hget("{registry:adm:anthropic:claude}:w:itpm", str(int(T0)))  # 1 s buckets == str(2000 + 200 + 600)
+
+
 def test_itpm_and_otpm_refuse_with_an_exact_retry_after(split: Any) -> None:
     assert split.acquire(CLAUDE, 9000, 100).allowed
     split.clock.advance(10.5)

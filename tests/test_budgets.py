@@ -344,6 +344,26 @@ def test_recorded_usage_counts_against_the_tenants_budgets_once(clocked: Any, r:
     assert 0 < r.pttl(K.budget_spend("acme", "*", "day", DAY0)) <= 40 * DAY_MS
 
 
+def test_a_hold_settles_to_the_cheaper_cost_of_cached_input(clocked: Any, r: redis.Redis) -> None:
+    """The acquire holds the estimate at the full input price (the cache split is not known
+    yet); the settle replaces it with the exact cost, cache reads and writes at their own prices,
+    and a record's spend is priced the same way."""
+    reg, _ = clocked
+    prices = {"input": "30", "output": "60", "cached_input": "3", "cache_write": "37.5"}
+    reg.register_model(model(id="gpt-4c", max_output_tokens=1000, cost=prices))
+    reg.set_budget("acme", "1", "day")
+    held = reg.acquire("openai:gpt-4c", 1000, tenant="acme").reservation
+    assert spend(r)["held"] == str(EST)
+    assert reg.settle(held, 1000, 500, cached_input_tokens=800, cache_write_tokens=100)
+    # 100 plain x 30 + 800 read x 3 + 100 written x 37.5 + 500 out x 60, per million: $0.03915
+    exact = reg.estimate_cost("openai:gpt-4c", 1000, 500, cached_input_tokens=800, cache_write_tokens=100)
+    assert exact == Decimal("0.03915") < reg.estimate_cost("openai:gpt-4c", 1000, 500)  # $0.06 uncached
+    assert (spend(r)["spent"], spend(r)["held"]) == ("39150000", "0")
+    assert reg.record_usage("openai:gpt-4c", 1000, 0, tenant="acme", cached_input_tokens=1000).cost == Decimal("0.003")
+    (day,) = reg.budget_status("acme")
+    assert (day.spent, day.held) == (Decimal("0.04215"), 0)
+
+
 def test_a_free_model_holds_zero_and_settles_releases_and_lapses(clocked: Any, r: redis.Redis) -> None:
     """A hold of 0 units (a free local model) is settled, released and swept like any other
     (Redis refuses HINCRBY by "-0": the scripts must not send it)."""

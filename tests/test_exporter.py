@@ -119,7 +119,8 @@ def fleet(redis_url: str) -> Iterator[Registry]:
     assert reg.acquire(CLAUDE, 1_000, 100, tenant="beta").allowed
     reg.record_usage(CLAUDE, 1_000_000, 0, success=False)
 
-    reg.record_usage(MISTRAL, 2000, 1000, latency_ms=2500)
+    # 500 of its input read from the prompt cache, 100 written (no cache prices: billed as input)
+    reg.record_usage(MISTRAL, 2000, 1000, latency_ms=2500, cached_input_tokens=500, cache_write_tokens=100)
     yield reg
     reg.close()
 
@@ -156,6 +157,10 @@ def test_the_scrape_equals_hand_computed_figures(scraped: tuple[Samples, dict[st
     assert value(samples, "registry_output_tokens_total", **m(GPT)) == 1500
     assert value(samples, "registry_input_tokens_total", **m(CLAUDE)) == 1_020_000
     assert value(samples, "registry_output_tokens_total", **m(CLAUDE)) == 1_000
+    assert value(samples, "registry_cached_input_tokens_total", **m(MISTRAL)) == 500  # part of its 2,000 input
+    assert value(samples, "registry_cache_write_tokens_total", **m(MISTRAL)) == 100
+    assert value(samples, "registry_cached_input_tokens_total", **m(GPT)) == 0
+    assert types["registry_cached_input_tokens"] == types["registry_cache_write_tokens"] == "counter"
 
     assert value(samples, "registry_cost_total", **m(GPT), currency="USD") == approx(Decimal("0.15"))
     assert value(samples, "registry_cost_total", **m(CLAUDE), currency="USD") == approx(Decimal("3.075"))
@@ -329,7 +334,7 @@ def test_a_failure_to_build_the_metrics_is_up_0_too(caplog: pytest.LogCaptureFix
 def test_fleet_metrics_of_an_empty_fleet_has_every_family_and_no_series() -> None:
     families = fleet_metrics(FleetView(at_ms=0, models=()))
     assert all(not f.samples for f in families)
-    assert len({f.name for f in families}) == len(families) == 21
+    assert len({f.name for f in families}) == len(families) == 23
 
 
 def test_input_and_output_windows_are_series_of_their_own(redis_url: str) -> None:

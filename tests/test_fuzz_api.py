@@ -243,6 +243,14 @@ def _search_filters(d: st.DataObject) -> dict[str, Any]:
     return {name: d.draw(maybe(valid)) for name in chosen}
 
 
+def _cache_counts(d: st.DataObject) -> dict[str, Any]:
+    """Some of settle's and record_usage's cache counts (parts of the input: a sum above it is a
+    ConfigError, with nothing written), and ``throttled``."""
+    names = ["cached_input_tokens", "cache_write_tokens", "throttled"]
+    chosen = d.draw(st.lists(st.sampled_from(names), unique=True, max_size=3))
+    return {name: d.draw(maybe(st.booleans() if name == "throttled" else st.integers(0, 100))) for name in chosen}
+
+
 PLANS: dict[str, Plan] = {
     "register_model": lambda d, c: ((d.draw(models()),), {"replace": d.draw(maybe(st.booleans()))}),
     "register_models": lambda d, c: (
@@ -305,7 +313,7 @@ PLANS: dict[str, Plan] = {
             d.draw(maybe(st.booleans())),
             d.draw(maybe(st.none() | st.floats(0, 1e5))),
         ),
-        {},
+        _cache_counts(d),
     ),
     "release": lambda d, c: ((d.draw(reservations(c.held)),), {}),
     "events": lambda d, c: (
@@ -320,7 +328,7 @@ PLANS: dict[str, Plan] = {
             d.draw(maybe(st.booleans())),
             d.draw(maybe(st.none() | st.floats(0, 1e5))),
         ),
-        {"tenant": d.draw(TENANTS), "request_id": d.draw(IDS)},
+        {"tenant": d.draw(TENANTS), "request_id": d.draw(IDS), **_cache_counts(d)},
     ),
     "get_statistics": lambda d, c: (
         (

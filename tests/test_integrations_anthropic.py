@@ -16,14 +16,18 @@ from anthropic.lib.streaming import AsyncMessageStream, MessageStream
 from registry import RateLimitedError
 from registry.integrations import anthropic as wrapper
 from registry.integrations.common import tokens_for_bytes
+from registry.ledger.money import to_units
 from tests.conftest import model
-from tests.fakeprovider import FakeProvider, Kit, Reply, Sdk, drain, fixed, fixtures, ledger, room
+from tests.fakeprovider import FakeProvider, Kit, Reply, Sdk, cache_ledger, drain, fixed, fixtures, ledger, room
 
 CLAUDE = "anthropic:claude-test"
 RPM, TPM = 100, 100_000
 HELLO = [{"role": "user", "content": "Say hello"}]
 TEXT = Reply().text
 CACHED = Reply(input_tokens=20, cache_write=100, cache_read=300, output_tokens=9)  # 420 prompt tokens
+# 20 plain x 3,000 + 300 read x 300 + 100 written x 3,750 nano-dollars, and 9 x 15,000 out
+CACHED_COST = 20 * 3_000 + 300 * 300 + 100 * 3_750 + 9 * 15_000
+ITPM = 100_000
 SDK = Sdk(
     anthropic.Anthropic,
     anthropic.AsyncAnthropic,
@@ -32,8 +36,9 @@ SDK = Sdk(
     model(
         provider="anthropic",
         id="claude-test",
-        cost={"input": "3", "output": "15", "per": 1_000_000},  # 3,000 and 15,000 nano-dollars a token
-        rate_limit={"requests_per_minute": RPM, "tokens_per_minute": TPM},
+        # 3,000 and 15,000 nano-dollars a token; cache reads 300, cache writes 3,750
+        cost={"input": "3", "output": "15", "cached_input": "0.3", "cache_write": "3.75", "per": 1_000_000},
+        rate_limit={"requests_per_minute": RPM, "tokens_per_minute": TPM, "input_tokens_per_minute": ITPM},
         max_output_tokens=8192,
     ),
 )
@@ -57,8 +62,12 @@ def test_a_call_is_settled_with_every_prompt_token_cached_ones_included(kit: Kit
     assert isinstance(reply, anthropic.types.Message)
     assert (reply.usage.input_tokens, reply.usage.cache_read_input_tokens) == (20, 300)
     assert ledger(kit) == (1, 1, 0, 0, 420, 9)  # 20 + 100 written to the cache + 300 read from it
-    assert kit.reg.get_statistics(model=CLAUDE).cost_units == 420 * 3_000 + 9 * 15_000
-    assert room(kit) == (RPM - 1, TPM - 429)
+    assert cache_ledger(kit) == (300, 100, CACHED_COST)  # each part at its own price
+    exact = kit.reg.estimate_cost(CLAUDE, 420, 9, cached_input_tokens=300, cache_write_tokens=100)
+    assert to_units(exact) == CACHED_COST
+    assert room(kit) == (RPM - 1, TPM - 429)  # TPM counts every prompt token
+    # Anthropic's ITPM leaves the cache reads out: 20 + 100 written
+    assert kit.reg.check_rate_limit(CLAUDE).remaining["input_tokens_per_minute"] == ITPM - 120
     assert kit.fake.requests[-1].body == request(system="Be brief.")
 
 
@@ -72,6 +81,7 @@ def test_a_stream_settles_what_message_start_and_message_delta_said(kit: Kit, de
     assert [e["type"] for e in events][:2] == ["message_start", "content_block_start"]
     assert "stream_options" not in kit.fake.requests[0].body
     assert ledger(kit) == (1, 1, 0, 0, 420, 9)
+    assert cache_ledger(kit) == (300, 100, CACHED_COST)
 
 
 def test_the_messages_stream_helper_is_metered(kit: Kit) -> None:
@@ -83,6 +93,7 @@ def test_the_messages_stream_helper_is_metered(kit: Kit) -> None:
     assert final.usage.output_tokens == 9
     assert kit.fake.requests[-1].body["stream"] is True
     assert ledger(kit) == (1, 1, 0, 0, 420, 9)
+    assert cache_ledger(kit) == (300, 100, CACHED_COST)
 
 
 def test_the_helper_left_early_is_charged_what_it_read(kit: Kit) -> None:
@@ -92,6 +103,7 @@ def test_the_helper_left_early_is_charged_what_it_read(kit: Kit) -> None:
             if event.type == "text" and event.text == "Hello":
                 break
     assert ledger(kit) == (1, 0, 1, 0, 420, tokens_for_bytes(len("Hello")))  # message_start said the input
+    assert cache_ledger(kit)[:2] == (300, 100)
 
 
 def test_a_cut_off_stream_is_a_failure_charged_what_it_produced(kit: Kit) -> None:
@@ -100,6 +112,7 @@ def test_a_cut_off_stream_is_a_failure_charged_what_it_produced(kit: Kit) -> Non
     assert error is not None
     assert [e.delta.text for e in events if e.type == "content_block_delta"] == ["Hello", " from"]
     assert ledger(kit) == (1, 0, 1, 0, 50, tokens_for_bytes(len("Hello from")))
+    assert cache_ledger(kit)[:2] == (30, 0)
     kit.fake.script(Reply(cut_after=1))  # the helper's text stream, cut after message_start
     with kit.run(kit.client(token_counter=fixed(999)).messages.stream(**request())) as stream:
         texts, error = drain(stream.text_stream)

@@ -24,13 +24,23 @@ from starlette.testclient import TestClient
 from registry import AsyncRegistry, ConfigError, Registry
 from registry.integrations.asgi import RateLimitMiddleware
 from registry.integrations.common import estimate_input_tokens
-from registry.integrations.usage import StreamUsage, usage_from_body
+from registry.integrations.usage import Reported, StreamUsage, usage_from_body
+from registry.ledger.money import to_units
 from registry.testing import FakeClock, use_clock
 from tests.conftest import model
 
 GPT = "openai:gpt-4"
 CLAUDE = "anthropic:claude-test"
-OPENAI_USAGE = {"prompt_tokens": 17, "completion_tokens": 5, "total_tokens": 22}
+# 17 prompt tokens, 12 of them read from OpenAI's cache
+OPENAI_USAGE = {
+    "prompt_tokens": 17,
+    "completion_tokens": 5,
+    "total_tokens": 22,
+    "prompt_tokens_details": {"cached_tokens": 12},
+}
+# Prices per million tokens: cache reads a tenth of the input price, cache writes 1.25 times it.
+GPT_COST = {"input": "30", "output": "60", "cached_input": "3", "per": 1_000_000}
+CLAUDE_COST = {"input": "3", "output": "15", "cached_input": "0.3", "cache_write": "3.75", "per": 1_000_000}
 CHAT = {"model": "gpt-4", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 50}
 MESSAGES = {"model": "claude-test", "max_tokens": 64, "messages": [{"role": "user", "content": "Hi"}]}
 
@@ -158,8 +168,8 @@ def sync_reg(redis_url: str, clock: FakeClock) -> Iterator[Registry]:
     reg = Registry.from_url(redis_url, watch=False)
     use_clock(reg, clock)
     limits = {"requests_per_minute": 3, "tokens_per_minute": 100_000}
-    reg.register_model(model(rate_limit=limits, tenant_limits={"*": {"requests_per_minute": 2}}))
-    reg.register_model(model("anthropic", "claude-test", max_output_tokens=4096))
+    reg.register_model(model(rate_limit=limits, tenant_limits={"*": {"requests_per_minute": 2}}, cost=GPT_COST))
+    reg.register_model(model("anthropic", "claude-test", max_output_tokens=4096, cost=CLAUDE_COST))
     yield reg
     reg.close()
 
@@ -211,6 +221,12 @@ def totals(reg: Registry, key: str = GPT, tenant: str | None = None) -> tuple[in
     return s.requests, s.successes, s.failures, s.input_tokens, s.output_tokens
 
 
+def cache_totals(reg: Registry, key: str = GPT, tenant: str | None = None) -> tuple[int, int, int]:
+    """(cached_input_tokens, cache_write_tokens, cost_units) in the ledger."""
+    s = reg.get_statistics(model=key, tenant=tenant)
+    return s.cached_input_tokens, s.cache_write_tokens, s.cost_units
+
+
 def expected_retry(reg: Registry, key: str = GPT, tenant: str | None = None) -> tuple[str, str]:
     """(Retry-After, retry-after-ms) from what check_rate_limit says, on the same frozen clock."""
     after = reg.check_rate_limit(key, tenant=tenant).retry_after
@@ -242,6 +258,9 @@ def test_three_are_admitted_with_what_is_left_and_the_fourth_gets_429(client: Te
     assert refused.headers["x-ratelimit-remaining-requests"] == "0"
     assert refused.headers["x-ratelimit-remaining-tokens"] == str(100_000 - 66)
     assert totals(sync_reg) == (3, 3, 0, 51, 15)  # exactly the usage the app reported, thrice
+    # 5 plain x 30,000 + 12 read from the cache x 3,000 + 5 out x 60,000 nano-dollars, thrice
+    assert cache_totals(sync_reg) == (36, 0, 3 * (5 * 30_000 + 12 * 3_000 + 5 * 60_000))
+    assert cache_totals(sync_reg)[2] == 3 * to_units(sync_reg.estimate_cost(GPT, 17, 5, cached_input_tokens=12))
 
 
 def test_a_tenants_limit_is_the_one_reported_when_it_has_less_left(client: TestClient, sync_reg: Registry) -> None:
@@ -286,6 +305,8 @@ def test_input_and_output_token_limits_report_as_tokens(areg: AsyncRegistry, syn
     assert refused.headers["x-ratelimit-reset-tokens"] == refused.headers["retry-after"] + "s"
     assert "x-ratelimit-reset-output_tokens" not in refused.headers
     assert totals(sync_reg, key=CLAUDE) == (1, 1, 0, 30, 8)
+    # ITPM settled to the input less its 6 cache reads (Anthropic's rule); the 4 writes count
+    assert sync_reg.check_rate_limit(CLAUDE).remaining["input_tokens_per_minute"] == 1_000 - 24
 
 
 def test_a_budget_refusal_is_insufficient_quota(client: TestClient, sync_reg: Registry) -> None:
@@ -404,6 +425,9 @@ def test_json_usage_is_settled_exactly(client: TestClient, sync_reg: Registry) -
     response = client.post("/v1/messages", json=MESSAGES, headers={"x-tenant": "acme"})
     assert response.status_code == 200
     assert totals(sync_reg, CLAUDE, "acme") == (1, 1, 0, 30, 8)  # 20 + 4 written + 6 read to cache, 8 out
+    cost = 20 * 3_000 + 6 * 300 + 4 * 3_750 + 8 * 15_000  # nano-dollars, each part at its price
+    assert cache_totals(sync_reg, CLAUDE, "acme") == (6, 4, cost)
+    assert cost == to_units(sync_reg.estimate_cost(CLAUDE, 30, 8, cached_input_tokens=6, cache_write_tokens=4))
     assert "x-ratelimit-remaining-requests" not in response.headers  # no request limit on this model
 
 
@@ -426,12 +450,14 @@ def test_an_openai_stream_settles_at_its_final_usage(client: TestClient, sync_re
     assert response.content == b"".join(openai_stream(usage=True))  # passed on as sent
     assert response.headers["x-ratelimit-remaining-requests"] == "2"
     assert totals(sync_reg) == (1, 1, 0, 17, 5)
+    assert cache_totals(sync_reg) == (12, 0, 5 * 30_000 + 12 * 3_000 + 5 * 60_000)  # prompt_tokens_details
 
 
 def test_an_anthropic_stream_settles_at_message_start_and_message_delta(client: TestClient, sync_reg: Registry) -> None:
     response = client.post("/v1/messages", json={**MESSAGES, "stream": True}, headers={"x-fake": "stream"})
     assert response.content == b"".join(sse(ANTHROPIC_EVENTS, crlf=True))
     assert totals(sync_reg, CLAUDE) == (1, 1, 0, 14, 9)  # 11 + 3 read from cache; 9 out
+    assert cache_totals(sync_reg, CLAUDE) == (3, 0, 11 * 3_000 + 3 * 300 + 9 * 15_000)  # message_start's
 
 
 def test_a_stream_without_usage_is_charged_the_output_it_carried(client: TestClient, sync_reg: Registry) -> None:
@@ -607,11 +633,23 @@ def test_through_uvicorn(app: FastAPI, sync_reg: Registry, spy: Spy) -> None:
 
 
 def test_usage_from_body() -> None:
-    assert usage_from_body("openai", {"usage": OPENAI_USAGE}) == (17, 5)
-    assert usage_from_body("openai", {"usage": {"input_tokens": 9, "output_tokens": 2}}) == (9, 2)  # Responses
+    assert usage_from_body("openai", {"usage": OPENAI_USAGE}) == Reported(17, 5, cached_input_tokens=12)
+    assert usage_from_body("openai", {"usage": {"input_tokens": 9, "output_tokens": 2}}) == (9, 2, 0, 0)  # Responses
+    responses = {"input_tokens": 9, "output_tokens": 2, "input_tokens_details": {"cached_tokens": 4}}
+    assert usage_from_body("openai", {"usage": responses}) == (9, 2, 4, 0)
     cached = {"input_tokens": 5, "cache_read_input_tokens": 100, "output_tokens": 1}
-    assert usage_from_body("anthropic", {"usage": cached}) == (105, 1)
+    assert usage_from_body("anthropic", {"usage": cached}) == Reported(105, 1, cached_input_tokens=100)
+    both = {**cached, "cache_creation_input_tokens": 7}
+    assert usage_from_body("anthropic", {"usage": both}) == Reported(112, 1, 100, 7)
+    assert usage_from_body("anthropic", {"usage": {"cache_read_input_tokens": 100, "output_tokens": 1}}) is None
     assert usage_from_body("openai", {"usage": {"prompt_tokens": 5, "cache_read_input_tokens": 100}}) is None
+    # details that are not a count are left out; more cached tokens than the prompt are the prompt
+    odd = {"prompt_tokens": 5, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": -3}}
+    assert usage_from_body("openai", {"usage": odd}) == (5, 1, 0, 0)
+    odd["prompt_tokens_details"] = {"cached_tokens": 9}
+    assert usage_from_body("openai", {"usage": odd}) == (5, 1, 5, 0)
+    odd["prompt_tokens_details"] = [9]
+    assert usage_from_body("openai", {"usage": odd}) == (5, 1, 0, 0)
     assert usage_from_body("openai", {"usage": None}) is None
     assert usage_from_body("openai", {"usage": {"prompt_tokens": -1, "completion_tokens": True}}) is None
 
@@ -629,6 +667,7 @@ def test_stream_usage_in_any_split(size: int) -> None:
     data = b"".join(sse(ANTHROPIC_EVENTS, crlf=True))
     stream = feed("anthropic", [data[i : i + size] for i in range(0, len(data), size)])
     assert (stream.input_tokens, stream.output_tokens, stream.events) == (14, 9, len(ANTHROPIC_EVENTS))
+    assert (stream.cached_input_tokens, stream.cache_write_tokens) == (3, 0)
     assert stream.counted_output == math.ceil(len(b"Hi there!") / 3)
 
 

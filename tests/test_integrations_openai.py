@@ -16,9 +16,10 @@ import pytest
 from registry import ConfigError, ModelNotFoundError, RateLimitedError, RequestTooLargeError
 from registry.integrations import openai as wrapper
 from registry.integrations.common import IMAGE_TOKENS, estimate_input_tokens, tokens_for_bytes
+from registry.ledger.money import to_units
 from registry.testing import FakeClock, use_clock
 from tests.conftest import model
-from tests.fakeprovider import FakeProvider, Kit, Reply, Sdk, drain, fixed, fixtures, ledger, room
+from tests.fakeprovider import FakeProvider, Kit, Reply, Sdk, cache_ledger, drain, fixed, fixtures, ledger, room
 
 GPT = "openai:gpt-4o"
 RPM, TPM = 100, 100_000
@@ -31,7 +32,8 @@ SDK = Sdk(
     lambda fake: fake.openai_url,
     model(
         id="gpt-4o",
-        cost={"input": "2.5", "output": "10", "per": 1_000_000},  # 2,500 and 10,000 nano-dollars a token
+        # 2,500 and 10,000 nano-dollars a token; 1,250 for a prompt token read from the cache
+        cost={"input": "2.5", "output": "10", "cached_input": "1.25", "per": 1_000_000},
         rate_limit={"requests_per_minute": RPM, "tokens_per_minute": TPM},
         max_output_tokens=4096,
     ),
@@ -55,7 +57,9 @@ def test_a_call_is_settled_with_the_usage_the_provider_reported(kit: Kit) -> Non
     assert reply.choices[0].message.content == "Hi there"
     assert ledger(kit) == (1, 1, 0, 0, 23, 9)  # prompt_tokens counts the cached ones already
     stats = kit.reg.get_statistics(model=GPT)
-    assert stats.cost_units == 23 * 2_500 + 9 * 10_000
+    # prompt_tokens_details.cached_tokens: 16 of the 23 read from the cache, at its price
+    assert cache_ledger(kit) == (16, 0, 7 * 2_500 + 16 * 1_250 + 9 * 10_000)
+    assert stats.cost_units == to_units(kit.reg.estimate_cost(GPT, 23, 9, cached_input_tokens=16))
     assert stats.latency_count == 1
     assert room(kit) == (RPM - 1, TPM - 32)  # the window holds the real count, not the estimate
     assert kit.fake.requests[-1].body == {"model": "gpt-4o", "messages": HELLO, "max_tokens": 50}
@@ -130,7 +134,7 @@ def test_bad_arguments_raise_before_anything_is_held(kit: Kit) -> None:
 
 
 def test_a_stream_shows_the_chunks_the_caller_asked_for_and_settles_the_usage(kit: Kit) -> None:
-    kit.fake.script(Reply(input_tokens=31, output_tokens=12), Reply(input_tokens=31, output_tokens=12))
+    kit.fake.script(Reply(input_tokens=31, output_tokens=12, cache_read=30), Reply(input_tokens=31, output_tokens=12))
     stream = create(kit, kit.client(), max_tokens=50, stream=True)
     chunks = [chunk.model_dump() for chunk in stream]
     assert kit.fake.requests[-1].body["stream_options"] == {"include_usage": True}
@@ -138,7 +142,8 @@ def test_a_stream_shows_the_chunks_the_caller_asked_for_and_settles_the_usage(ki
     assert chunks == [chunk.model_dump() for chunk in plain]  # the usage-only chunk was hidden
     assert "".join(c["choices"][0]["delta"]["content"] or "" for c in chunks) == TEXT
     assert ledger(kit) == (1, 1, 0, 0, 31, 12)
-    assert room(kit) == (RPM - 1, TPM - 43)
+    assert cache_ledger(kit) == (30, 0, 1 * 2_500 + 30 * 1_250 + 12 * 10_000)  # from the last chunk's usage
+    assert room(kit) == (RPM - 1, TPM - 43)  # OpenAI's TPM counts the cached tokens
 
 
 def test_a_caller_that_asked_for_usage_sees_it(kit: Kit) -> None:

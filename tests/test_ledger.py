@@ -143,6 +143,100 @@ def test_a_providers_429_is_counted_as_throttled(reg: Any, r: redis.Redis) -> No
     assert reg.get_statistics(model="openai:gpt-4", tenant="acme").throttled == 2
 
 
+# $30 / $60 per million, a cache read $3 (a tenth), a cache write $37.5 (1.25 times the input)
+CACHED_PRICES = {"input": "30", "output": "60", "cached_input": "3", "cache_write": "37.5", "per": 1_000_000}
+
+
+def test_cache_reads_and_writes_are_counted_apart_and_priced_as_estimate_cost(
+    reg: Any, make_registry: Any, r: redis.Redis
+) -> None:
+    """``cached_input_tokens`` and ``cache_write_tokens`` are part of the input: the ledger keeps
+    every input token in ``input_tokens``, the two parts in counters of their own (only when not
+    zero), and the cost is exactly ``estimate_cost`` with them, by record_usage and settle alike."""
+    reg.register_model(model(cost=CACHED_PRICES, rate_limit={"tokens_per_minute": 100_000}))
+    plain = reg.record_usage("openai:gpt-4", 10, 5)
+    assert plain.cost_units == 10 * 30_000 + 5 * 60_000
+    assert "cached_input_tokens" not in counters(r, TOTAL)  # a zero adds no counter
+    assert "cache_write_tokens" not in counters(r, TOTAL)
+
+    recorded = reg.record_usage(
+        "openai:gpt-4", 1000, 500, tenant="acme", cached_input_tokens=600, cache_write_tokens=300
+    )
+    # 100 plain x $30 + 600 read x $3 + 300 written x $37.5 + 500 out x $60, per million = $0.04605
+    assert (recorded.cost, recorded.cost_units) == (Decimal("0.04605"), 46_050_000)
+    assert recorded.cost == reg.estimate_cost(
+        "openai:gpt-4", 1000, 500, cached_input_tokens=600, cache_write_tokens=300
+    )
+    held = reg.acquire("openai:gpt-4", 2000, 100, tenant="acme").reservation
+    assert reg.settle(held, 2000, 100, latency_ms=120, cached_input_tokens=2000)  # all read from the cache
+    settled = 2000 * 3_000 + 100 * 60_000
+    assert to_units(reg.estimate_cost("openai:gpt-4", 2000, 100, cached_input_tokens=2000)) == settled
+    assert not reg.settle(held, 2000, 100, cached_input_tokens=2000)  # once
+
+    expected = {
+        "requests": 3,
+        "successes": 3,
+        "input_tokens": 10 + 1000 + 2000,  # every prompt token, the cached ones included
+        "cached_input_tokens": 600 + 2000,
+        "cache_write_tokens": 300,
+        "output_tokens": 5 + 500 + 100,
+        "cost_units": plain.cost_units + 46_050_000 + settled,
+        "latency_us_sum": 120_000,
+        "latency_count": 1,
+        "lat_le_250": 1,
+    }
+    assert counters(r, TOTAL) == expected
+    acme = counters(r, K.ledger("openai:gpt-4", "total", tenant="acme"))
+    acme_cache = (acme["cached_input_tokens"], acme["cache_write_tokens"], acme["cost_units"])
+    assert acme_cache == (2600, 300, 46_050_000 + settled)
+
+    stats = reg.get_statistics(model="openai:gpt-4")
+    assert (stats.input_tokens, stats.cached_input_tokens, stats.cache_write_tokens) == (3010, 2600, 300)
+    assert stats.total_cost == Decimal("0.05865")
+    tenant = reg.get_statistics(tenant="acme").by_tenant["acme"]
+    assert (tenant.cached_input_tokens, tenant.cache_write_tokens) == (2600, 300)
+    assert reg.get_statistics(provider="openai").by_provider["openai"].cached_input_tokens == 2600
+    now = recorded.server_ms / 1000
+    series = reg.usage("openai:gpt-4", since=now - 86_400, until=now + 86_400, granularity="day")
+    assert sum(p.totals.cached_input_tokens for p in series) == 2600
+
+    loud = make_registry(usage_event_rate=1.0)
+    loud.record_usage("openai:gpt-4", 40, 0, cached_input_tokens=30, cache_write_tokens=10)
+    (event,) = [fields for _, fields in r.xrange(K.usage_events("openai:gpt-4"))]
+    assert (event["input_tokens"], event["cached_input_tokens"], event["cache_write_tokens"]) == ("40", "30", "10")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"cached_input_tokens": -1}, "cached_input_tokens must be between 0 and"),
+        ({"cache_write_tokens": 2.0}, "cache_write_tokens must be an integer, got float"),
+        ({"cached_input_tokens": True}, "cached_input_tokens must be an integer, got bool"),
+        ({"cache_write_tokens": None}, "cache_write_tokens must be an integer, got NoneType"),
+        (
+            {"cached_input_tokens": 60, "cache_write_tokens": 41},
+            r"cached_input_tokens \+ cache_write_tokens \(60 \+ 41\) exceed input_tokens \(100\)",
+        ),
+    ],
+)
+def test_bad_cache_counts_raise_a_config_error_and_write_nothing(
+    reg: Any, r: redis.Redis, kwargs: dict[str, Any], message: str
+) -> None:
+    reg.register_model(model(cost=CACHED_PRICES, rate_limit={"input_tokens_per_minute": 10_000}))
+    reg.set_budget("acme", "1", "day")  # a settle finishes the budgets first: it must not get that far
+    held = reg.acquire("openai:gpt-4", 100, 50, tenant="acme").reservation
+    before = dump(r)
+    with pytest.raises(ConfigError, match=message):
+        reg.record_usage("openai:gpt-4", 100, 50, tenant="acme", request_id="r-1", **kwargs)
+    with pytest.raises(ConfigError, match=message):
+        reg.settle(held, 100, 50, **kwargs)
+    with pytest.raises(ConfigError, match=r"exceed input_tokens \(100\)"):
+        reg.settle(held, output_tokens=50, cached_input_tokens=101)  # the reserved input, 100
+    assert dump(r) == before
+    assert reg.settle(held, 100, 50, cached_input_tokens=60, cache_write_tokens=40)  # all of the input: fine
+    assert reg.record_usage("openai:gpt-4", 100, 50, tenant="acme", request_id="r-1", cache_write_tokens=100).recorded
+
+
 def test_a_skewed_client_clock_still_lands_in_the_servers_buckets(redis_url: str, r: redis.Redis) -> None:
     reg = Registry.from_url(redis_url, watch=False)
     reg.register_model(model())

@@ -33,7 +33,7 @@ from registry.keys import Keys
 from registry.ledger.money import to_units
 from registry.ledger.ops import Usage
 from registry.models import MAX_TOKENS, ModelSpec
-from registry.pricing import check_tokens, estimate
+from registry.pricing import check_cache_tokens, check_tokens, estimate
 
 __all__ = ["DEFAULT_RESERVATION_TTL_MS", "acquire", "acquire_group", "merge_acquires", "settle", "split_acquires"]
 
@@ -287,6 +287,8 @@ def settle(
     success: bool = True,
     latency_ms: float | None = None,
     throttled: bool = False,
+    cached_input_tokens: int = 0,
+    cache_write_tokens: int = 0,
     predicted_ms: int = 0,
     sample_cap: int = 0,
     budgets: Mapping[tuple[str, str], Budget] | None = None,
@@ -294,14 +296,18 @@ def settle(
     """Move each charged amount to its real value (or to 0 for a release); True if it did.
 
     A settle given the ``model`` also records the usage in its ledger, in the same script.
+    ``cached_input_tokens`` and ``cache_write_tokens`` are part of the input: they price it (see
+    :func:`~registry.pricing.estimate`), and the cache reads are left out of an input-tokens
+    limit (Anthropic's ITPM does not count them).
     """
     if not isinstance(reservation, Reservation):
         raise ConfigError(f"expected a Reservation, got {type(reservation).__name__}")
     if release:
-        requests, used_in, used_out = 0, 0, 0
+        requests, used_in, used_out, cached, written = 0, 0, 0, 0, 0
     else:
         used_in = check_tokens("input_tokens", reservation.input_tokens if input_tokens is None else input_tokens)
         used_out = check_tokens("output_tokens", 0 if output_tokens is None else output_tokens)
+        cached, written = check_cache_tokens(used_in, cached_input_tokens, cache_write_tokens)
         requests = 1
     token = reservation.token or "-"
     args: list[str | int] = [
@@ -317,12 +323,14 @@ def settle(
         keys.reservation(reservation.model_key, reservation.id, reservation.tenant),
     ]
     for name, bucket, charged, window_ms, bucket_ms in reservation.charges:
-        args += [name, bucket, charged, window_ms, bucket_ms, amount(COUNTS[name], requests, used_in, used_out)]
+        args += [name, bucket, charged, window_ms, bucket_ms, amount(COUNTS[name], requests, used_in, used_out, cached)]
         tenant = reservation.tenant if name.startswith("tenant.") else None
         window_keys.append(window_key(keys, reservation.model_key, name, tenant))
     usage = None
     if model is not None and not release:
-        usage = Usage.of(model, used_in, used_out, bool(success), latency_ms, reservation.tenant, bool(throttled))
+        usage = Usage.of(
+            model, used_in, used_out, bool(success), latency_ms, reservation.tenant, bool(throttled), cached, written
+        )
     budgets_done = None
     if reservation.budgets and reservation.tenant is not None:
         # First the budgets (the tenant's slot), then the windows and the ledger (the model's):

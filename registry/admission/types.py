@@ -42,7 +42,9 @@ Counts = Literal["requests", "tokens", "input_tokens", "output_tokens"]
 # Each limit field of RateLimit: what it counts, its window and its buckets. A request costs a
 # requests limit 1; "tokens" its input plus output tokens, "input_tokens" its input tokens and
 # "output_tokens" its output tokens (at acquire the estimate: input + max output; at settle the
-# real counts). The order is the one limits are passed in, so the one of `denied_by` on a tie.
+# real counts, where "input_tokens" leaves out the prompt tokens read from the provider's cache,
+# as Anthropic's ITPM does). The order is the one limits are passed in, so the one of
+# `denied_by` on a tie.
 _FIELDS: tuple[tuple[str, Counts, int, int], ...] = (
     ("requests_per_minute", "requests", MINUTE_MS, MINUTE_BUCKET_MS),
     ("tokens_per_minute", "tokens", MINUTE_MS, MINUTE_BUCKET_MS),
@@ -58,13 +60,17 @@ COUNTS: Mapping[str, Counts] = MappingProxyType(
 )
 
 
-def amount(counts: Counts, requests: int, input_tokens: int, output_tokens: int) -> int:
+def amount(counts: Counts, requests: int, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0) -> int:
     """What a limit that counts ``counts`` is charged for ``requests`` requests (1, or 0 for a
-    release) of ``input_tokens`` and ``output_tokens``."""
+    release) of ``input_tokens`` and ``output_tokens``.
+
+    ``cached_input_tokens`` (part of ``input_tokens``: prompt tokens read from the provider's
+    cache, known only at settle) are left out of an ``"input_tokens"`` limit, as Anthropic's ITPM
+    leaves out cache reads; a ``"tokens"`` limit (OpenAI's TPM) counts every input token."""
     if counts == "requests":
         return requests
     if counts == "input_tokens":
-        return input_tokens
+        return input_tokens - cached_input_tokens
     if counts == "output_tokens":
         return output_tokens
     return input_tokens + output_tokens

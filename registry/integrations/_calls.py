@@ -8,7 +8,7 @@ settle around it, as ``registry.client`` and ``registry.aio`` do around ``regist
 
 What each outcome settles (see ``docs/integrations.md``):
 
-- a response: the ``usage`` it reports, success;
+- a response: the ``usage`` it reports (its cache reads and writes too), success;
 - a stream: the usage it reported, else the prompt's estimate and the output counted from the
   deltas' text; success only if the provider said it finished (a cut-off stream, one the
   caller closed early or one that raised is a failure, charged what it produced);
@@ -29,7 +29,7 @@ from typing import Any, Literal
 from registry.admission.types import Decision, Reservation
 from registry.errors import ConfigError, RateLimitedError
 from registry.integrations.common import ModelMap, TokenCounter, estimate_input_tokens, model_key, tokens_for_bytes
-from registry.integrations.usage import usage_counts
+from registry.integrations.usage import input_split, usage_counts
 
 __all__ = ["RAW_RESPONSE_HEADER", "Call", "Dialect", "Options", "Settlement", "Tally", "integer", "sentinels"]
 
@@ -64,7 +64,7 @@ class Options:
 class Tally:
     """What the provider has said so far about one request."""
 
-    input_parts: dict[str, int] = field(default_factory=dict)  # e.g. Anthropic's input and cache counts
+    input_parts: dict[str, int] = field(default_factory=dict)  # the prompt's parts, as usage_counts names them
     output_tokens: int | None = None
     output_bytes: int = 0  # text of the output seen, for an estimate when no usage comes
     finished: bool = False  # the provider said the reply is complete
@@ -72,7 +72,8 @@ class Tally:
 
     @property
     def input_tokens(self) -> int | None:
-        return sum(self.input_parts.values()) if self.input_parts else None
+        split = input_split(self.input_parts)
+        return None if split is None else split[0]
 
 
 class Dialect:
@@ -118,6 +119,8 @@ class Settlement:
     success: bool
     latency_ms: float
     throttled: bool = False
+    cached_input_tokens: int = 0  # of input_tokens, read from the provider's prompt cache
+    cache_write_tokens: int = 0  # of input_tokens, written to it
 
     def kwargs(self) -> dict[str, Any]:
         return asdict(self)
@@ -184,12 +187,14 @@ class Call:
         self.dialect.read(response, self.tally)
         self.tally.finished = True
 
-    def _settlement(self, input_tokens: int, output_tokens: int, success: bool, throttled: bool) -> Settlement | None:
+    def _settlement(
+        self, input_tokens: int, output_tokens: int, success: bool, throttled: bool, cached: int = 0, written: int = 0
+    ) -> Settlement | None:
         if self._done:
             return None
         self._done = True
         latency_ms = (time.perf_counter() - self._started) * 1000
-        return Settlement(input_tokens, output_tokens, success, latency_ms, throttled)
+        return Settlement(input_tokens, output_tokens, success, latency_ms, throttled, cached, written)
 
     def failed(self, exc: BaseException) -> Settlement | None:
         """No response came: nothing was reported, so nothing is charged but the request."""
@@ -198,9 +203,10 @@ class Call:
     def ended(self) -> Settlement | None:
         """What the response or stream said (estimates where it said nothing); once."""
         tally = self.tally
-        input_tokens = self.input_estimate if tally.input_tokens is None else tally.input_tokens
+        # The input as reported, with its cache reads and writes; else the estimate, all plain.
+        input_tokens, cached, written = input_split(tally.input_parts) or (self.input_estimate, 0, 0)
         output = tokens_for_bytes(tally.output_bytes) if tally.output_tokens is None else tally.output_tokens
-        return self._settlement(input_tokens, output, tally.finished, False)
+        return self._settlement(input_tokens, output, tally.finished, False, cached, written)
 
     def unread(self) -> Settlement | None:
         """A response the caller reads itself (``with_streaming_response``): kept at the estimate."""

@@ -17,8 +17,10 @@ the ``usage`` Anthropic returned after it: in a stream, ``message_start`` says t
 Cached prompt tokens: Anthropic's ``input_tokens`` leaves out the prompt tokens written to or
 read from its cache (``cache_creation_input_tokens``, ``cache_read_input_tokens``). The ledger's
 input counts every prompt token (as OpenAI's ``prompt_tokens`` does, and as
-:mod:`registry.integrations.usage` reads Anthropic's bodies), so the three are added up.
-See ``docs/integrations.md``.
+:mod:`registry.integrations.usage` reads Anthropic's bodies), so the three are added up, and the
+settle says which were read (``cached_input_tokens``) and written (``cache_write_tokens``): they
+are priced at the model's ``cached_input`` and ``cache_write``, and the reads are left out of
+its ``input_tokens_per_minute``, as Anthropic's ITPM leaves them out. See ``docs/integrations.md``.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ import msgspec
 from registry.admission.types import Decision, LimitSpec, Reservation, applicable_limits, check_tenant
 from registry.errors import ConfigError, ModelNotFoundError, RequestTooLargeError
 from registry.integrations.common import ModelMap, TokenCounter, estimate_input_tokens, model_key
-from registry.integrations.usage import StreamUsage, Style, usage_from_body
+from registry.integrations.usage import Reported, StreamUsage, Style, usage_from_body
 
 if TYPE_CHECKING:
     from registry.aio import AsyncRegistry
@@ -182,11 +182,18 @@ class RateLimitMiddleware:
         return await found if inspect.isawaitable(found) else found
 
     async def _settle(self, reservation: Reservation, exchange: _Exchange, started: float) -> None:
-        input_tokens, output_tokens, success = exchange.outcome(reservation)
+        used, success = exchange.outcome(reservation)
         latency_ms = (time.perf_counter() - started) * 1000
         throttled = exchange.complete and exchange.status == 429  # the upstream's own limit refused
         settle = self.registry.settle(
-            reservation, input_tokens, output_tokens, success, latency_ms, throttled=throttled
+            reservation,
+            used.input_tokens,
+            used.output_tokens,
+            success,
+            latency_ms,
+            throttled=throttled,
+            cached_input_tokens=used.cached_input_tokens,
+            cache_write_tokens=used.cache_write_tokens,
         )
         # Shielded (in a task held here): a cancelled request still settles what it used.
         task = asyncio.ensure_future(settle)
@@ -262,8 +269,8 @@ class _Exchange:
             else:
                 self.buffered.append(data)
 
-    def outcome(self, reservation: Reservation) -> tuple[int, int, bool]:
-        """(input_tokens, output_tokens, success) to settle with.
+    def outcome(self, reservation: Reservation) -> tuple[Reported, bool]:
+        """(the usage, success) to settle with.
 
         - A response sent in full with a status below 400: the usage it reports; where it
           says nothing, the prompt's estimate and, for a stream, the output counted from
@@ -273,27 +280,32 @@ class _Exchange:
         - Anything cut short (the client hung up, the app raised or stopped before the last
           byte): failed, with the usage seen so far, else the prompt's estimate and the
           output counted so far.
+
+        A reported input comes with its cache reads and writes; an estimated one has none.
         """
-        input_tokens, output_tokens, counted = self._usage()
+        (reported_in, cached, written), output_tokens, counted = self._usage()
+        failed = self.complete and self.status is not None and self.status >= 400
+        used_in = reported_in if reported_in is not None else 0 if failed else reservation.input_tokens
         if not self.complete:
-            return _or(input_tokens, reservation.input_tokens), max(output_tokens or 0, counted), False
-        if self.status is not None and self.status >= 400:
-            return input_tokens or 0, output_tokens or 0, False
+            return Reported(used_in, max(output_tokens or 0, counted), cached, written), False
+        if failed:
+            return Reported(used_in, output_tokens or 0, cached, written), False
         if output_tokens is None:
             output_tokens = counted if self.stream is not None and self.stream.events else reservation.max_output_tokens
-        return _or(input_tokens, reservation.input_tokens), output_tokens, True
+        return Reported(used_in, output_tokens, cached, written), True
 
-    def _usage(self) -> tuple[int | None, int | None, int]:
+    def _usage(self) -> tuple[tuple[int | None, int, int], int | None, int]:
+        """((input or None, its cache reads, its cache writes), output or None, output counted)."""
         if self.stream is not None:
-            self.stream.close()
-            return self.stream.input_tokens, self.stream.output_tokens, self.stream.counted_output
+            stream = self.stream
+            stream.close()
+            split = (stream.input_tokens, stream.cached_input_tokens, stream.cache_write_tokens)
+            return split, stream.output_tokens, stream.counted_output
         body = _json_object(b"".join(self.buffered)) if self.complete and self.buffered is not None else None
         found = usage_from_body(self.style, body) if body is not None else None
-        return (None, None, 0) if found is None else (*found, 0)
-
-
-def _or(value: int | None, default: int) -> int:
-    return default if value is None else value
+        if found is None:
+            return (None, 0, 0), None, 0
+        return (found.input_tokens, found.cached_input_tokens, found.cache_write_tokens), found.output_tokens, 0
 
 
 def _json_object(data: bytes) -> dict[str, Any] | None:

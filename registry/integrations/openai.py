@@ -12,7 +12,9 @@
 the ``chat.completions.stream(...)`` helper) and ``chat.completions.parse`` acquire on the
 model's key (``openai:<model>`` unless ``model_map`` says otherwise) before the request and
 settle with the ``usage`` OpenAI returned after it. ``prompt_tokens`` counts cached prompt
-tokens too, as the ledger does. A stream gets ``stream_options={"include_usage": True}`` when the
+tokens too, as the ledger does, and those of them read from OpenAI's cache
+(``prompt_tokens_details.cached_tokens``) settle as ``cached_input_tokens``, priced at the
+model's ``cached_input``. A stream gets ``stream_options={"include_usage": True}`` when the
 caller set no ``stream_options``, and the extra usage-only chunk that brings is not shown to
 it. Everything else on the client passes through unmetered. See ``docs/integrations.md``.
 """

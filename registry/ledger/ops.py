@@ -15,7 +15,7 @@ from registry.errors import ConfigError, ScriptError
 from registry.keys import Keys
 from registry.ledger.money import to_units
 from registry.models import ModelSpec
-from registry.pricing import check_tokens, estimate
+from registry.pricing import check_cache_tokens, check_tokens, estimate
 
 __all__ = ["LATENCY_EDGES_MS", "UsageRecord", "record"]
 
@@ -45,14 +45,20 @@ def usage_fields(
     latency_ms: float | None,
     cost_units: int,
     throttled: bool = False,
+    cached_input_tokens: int = 0,
+    cache_write_tokens: int = 0,
 ) -> list[tuple[str, int]]:
     """The counters one request adds to, and by how much. ``throttled``: the provider refused it
-    for its own rate limit (HTTP 429), a failure counted apart as well."""
+    for its own rate limit (HTTP 429), a failure counted apart as well. ``cached_input_tokens``
+    and ``cache_write_tokens``: the part of ``input_tokens`` read from and written to the
+    provider's prompt cache (counted in ``input_tokens`` too)."""
     fields = [
         ("requests", 1),
         ("successes" if success and not throttled else "failures", 1),
         ("throttled", int(throttled)),
         ("input_tokens", input_tokens),
+        ("cached_input_tokens", cached_input_tokens),
+        ("cache_write_tokens", cache_write_tokens),
         ("output_tokens", output_tokens),
         ("cost_units", cost_units),
     ]
@@ -86,15 +92,28 @@ class Usage:
         latency_ms: float | None,
         tenant: str | None,
         throttled: bool = False,
+        cached_input_tokens: int = 0,
+        cache_write_tokens: int = 0,
     ) -> Usage:
+        """The increments of one request; its cost is :func:`~registry.pricing.estimate`'s,
+        cache reads and writes (part of ``input_tokens``) at the model's cache prices."""
         if latency_ms is not None and (
             isinstance(latency_ms, bool) or not isinstance(latency_ms, int | float) or not 0 <= latency_ms <= 86_400_000
         ):
             raise ConfigError(f"latency_ms must be a number from 0 to 86400000, got {latency_ms!r}")
-        cost = estimate(model.cost, input_tokens, output_tokens)
+        cost = estimate(
+            model.cost,
+            input_tokens,
+            output_tokens,
+            cached_input_tokens=cached_input_tokens,
+            cache_write_tokens=cache_write_tokens,
+        )
         units = to_units(cost)
         pairs: list[str | int] = []
-        for name, by in usage_fields(input_tokens, output_tokens, success, latency_ms, units, throttled):
+        fields = usage_fields(
+            input_tokens, output_tokens, success, latency_ms, units, throttled, cached_input_tokens, cache_write_tokens
+        )
+        for name, by in fields:
             pairs += [name, by]
         return cls(model.key, tenant, cost, units, tuple(pairs))
 
@@ -129,6 +148,8 @@ def record(
     tenant: str | None = None,
     request_id: str | None = None,
     throttled: bool = False,
+    cached_input_tokens: int = 0,
+    cache_write_tokens: int = 0,
     now_ms: int | None = None,
     predicted_ms: int,
     sample_cap: int = 0,
@@ -139,12 +160,16 @@ def record(
     The time-bucket keys are named from ``predicted_ms`` (the client's idea of the server's
     clock); the script checks them against its own time and, when they disagree (a skewed
     client, a minute boundary), answers with its time so that the call is made again once.
+    ``cached_input_tokens`` and ``cache_write_tokens`` are part of ``input_tokens``.
     """
     input_tokens = check_tokens("input_tokens", input_tokens)
     output_tokens = check_tokens("output_tokens", output_tokens)
+    cached, written = check_cache_tokens(input_tokens, cached_input_tokens, cache_write_tokens)
     tenant = check_tenant(tenant)
     request_id = check_request_id(request_id)
-    usage = Usage.of(model, input_tokens, output_tokens, bool(success), latency_ms, tenant, bool(throttled))
+    usage = Usage.of(
+        model, input_tokens, output_tokens, bool(success), latency_ms, tenant, bool(throttled), cached, written
+    )
     at = predicted_ms if now_ms is None else now_ms
     nonce = Reservation.new_id()  # this call's: the same call re-sent (a lost reply) is told it counted
     for _ in range(2):

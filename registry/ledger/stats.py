@@ -46,6 +46,8 @@ _INTS = (
     "failures",
     "throttled",
     "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
     "output_tokens",
     "cost_units",
     "latency_count",
@@ -60,7 +62,9 @@ class UsageTotals:
     successes: int = 0
     failures: int = 0
     throttled: int = 0  # failures that were the provider's own 429 (counted in failures too)
-    input_tokens: int = 0
+    input_tokens: int = 0  # every prompt token, the cached ones included
+    cached_input_tokens: int = 0  # of input_tokens, those read from the provider's prompt cache
+    cache_write_tokens: int = 0  # of input_tokens, those written to it
     output_tokens: int = 0
     cost_units: int = 0
     latency_count: int = 0
