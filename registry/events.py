@@ -80,7 +80,19 @@ _MAX_SEQ = 2**64 - 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _LAST = datetime.max.replace(tzinfo=UTC)
 _ID = re.compile(r"^(\d{1,20})(?:-(\d{1,20}))?$")
-_USAGE_COUNTERS = ("requests", "successes", "failures", "input_tokens", "output_tokens", "cost_units")
+# Present in every usage.recorded event's data, 0 when the entry leaves them out (the scripts
+# write a counter only when it is not 0; entries from before throttled and the cache counters).
+_USAGE_COUNTERS = (
+    "requests",
+    "successes",
+    "failures",
+    "throttled",
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "cost_units",
+)
 _BUDGET_INTS = ("index", "threshold", "amount_units", "spent_units")
 
 log = logging.getLogger("registry")
@@ -117,7 +129,10 @@ class Event:
     that revision), else None. ``data`` holds the fields: integers for counters, ``cost`` (a
     usage record's) and ``amount``/``spent`` (a budget's) as exact Decimals of ``currency``,
     lists for a catalog change's ``put`` and ``deleted`` model keys and ``budgets_put`` and
-    ``budgets_deleted`` tenants.
+    ``budgets_deleted`` tenants. A usage record always has ``requests``, ``successes``,
+    ``failures``, ``throttled``, ``input_tokens``, ``cached_input_tokens``,
+    ``cache_write_tokens``, ``output_tokens`` and ``cost_units`` (0 when not counted: the
+    scripts write only the counters a request adds to).
     """
 
     type: str

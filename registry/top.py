@@ -5,12 +5,13 @@ per-minute rates) into a ``rich`` renderable; :mod:`registry.cli.top` reads and 
 
 A frame is a header line, a table of models (the RPM, TPM and RPD windows in use as bars, TPM
 being the fullest of the model's token windows: input plus output, or ``in`` or ``out`` for
-a limit on input or output tokens alone; requests and refusals per minute, spend today and
-this month, latency percentiles, success rate), busiest first (spend today, then requests
-today, then key), cut to the height given (the title says how many are left out) and, on a
-narrow terminal, without its least needed columns; then a table of the tenants' budgets.
-Per-minute rates are the change of the all-time counters between the two views over the time
-between them, ``-`` on the first frame.
+a limit on input or output tokens alone; requests, refusals and the provider's own 429s per
+minute, spend today and this month, the share of today's input tokens read from the prompt
+cache, latency percentiles, success rate), busiest first (spend today, then requests today,
+then key), cut to the height given (the title says how many are left out) and, on a narrow
+terminal, without its least needed columns; then a table of the tenants' budgets. Per-minute
+rates are the change of the all-time counters between the two views over the time between
+them, ``-`` on the first frame.
 """
 
 from __future__ import annotations
@@ -43,15 +44,17 @@ _TABLE_CHROME = 4
 
 @dataclass(frozen=True)
 class Rates:
-    """A model's requests and refusals per minute between two views (None: not known yet)."""
+    """A model's requests, refusals and provider 429s per minute between two views (None: not
+    known yet)."""
 
     requests: float | None = None
     denials: float | None = None
+    throttled: float | None = None
 
 
 def rates(view: FleetView, previous: FleetView | None) -> dict[str, Rates]:
-    """Per model, the change of its all-time requests and refusals from ``previous`` to
-    ``view``, per minute of the time between them (the views' own ``at_ms``).
+    """Per model, the change of its all-time requests, refusals and provider 429s from
+    ``previous`` to ``view``, per minute of the time between them (the views' own ``at_ms``).
 
     A model absent from ``previous``, no previous view, no time between them, or a counter
     that went down (the namespace was emptied) gives None.
@@ -66,10 +69,8 @@ def rates(view: FleetView, previous: FleetView | None) -> dict[str, Rates]:
             continue
         requests = m.total.requests - old.total.requests
         denials = sum(m.denials.values()) - sum(old.denials.values())
-        out[m.model.key] = Rates(
-            requests / elapsed_min if requests >= 0 else None,
-            denials / elapsed_min if denials >= 0 else None,
-        )
+        throttled = m.total.throttled - old.total.throttled
+        out[m.model.key] = Rates(*(n / elapsed_min if n >= 0 else None for n in (requests, denials, throttled)))
     return out
 
 
@@ -160,7 +161,8 @@ def _table(title: str) -> Table:
 
 
 # On a narrow terminal these columns go first, in this order, rather than every column being cut.
-DROP_ORDER = ("MONTH", "RPD", "P50 MS", "OK", "TPM", "P95 MS")
+# CACHED and 429/MIN first: a terminal too narrow for them shows the table it showed before them.
+DROP_ORDER = ("CACHED", "429/MIN", "MONTH", "RPD", "P50 MS", "OK", "TPM", "P95 MS")
 _MODEL_MIN, _MODEL_SQUEEZED, _MODEL_MAX = 16, 24, 36
 
 
@@ -168,20 +170,27 @@ def _model_cells(m: ModelView, speed: Rates) -> dict[str, RenderableType]:
     windows = {w.name: w for w in m.windows}
     currency = m.model.cost.currency
     ok = m.performance.success_rate
+    today = m.today
     return {
         **{label: _window(windows.get(name)) for label, name in _WINDOWS},
         "TPM": _tokens(windows),
         "REQ/MIN": _rate(speed.requests),
         "DENY/MIN": Text(_rate(speed.denials), style="red" if speed.denials else ""),
-        "TODAY": f"{money(m.today.total_cost)} {currency}",
+        "429/MIN": Text(_rate(speed.throttled), style="red" if speed.throttled else ""),
+        "TODAY": f"{money(today.total_cost)} {currency}",
         "MONTH": f"{money(m.month.total_cost)} {currency}",
+        # of today's input tokens, those read from the prompt cache
+        "CACHED": _percent(today.cached_input_tokens / today.input_tokens if today.input_tokens else None),
         "P50 MS": _ms(m.performance.p50_ms),
         "P95 MS": _ms(m.performance.p95_ms),
         "OK": Text(_percent(ok), style="" if ok is None or ok >= 0.99 else "yellow" if ok >= 0.9 else "red"),
     }
 
 
-_MODEL_COLUMNS = ("RPM", "TPM", "RPD", "REQ/MIN", "DENY/MIN", "TODAY", "MONTH", "P50 MS", "P95 MS", "OK")
+_MODEL_COLUMNS = (
+    *("RPM", "TPM", "RPD", "REQ/MIN", "DENY/MIN", "429/MIN"),
+    *("TODAY", "MONTH", "CACHED", "P50 MS", "P95 MS", "OK"),
+)
 
 
 def _models_table(

@@ -295,6 +295,67 @@ def test_admit_release_and_refusal(sync_reg: Any) -> None:
         ticket.add_output(-1)
 
 
+class ProviderRateLimitError(Exception):
+    """What the OpenAI and Anthropic SDKs raise for a 429: an exception with ``status_code``."""
+
+    status_code = 429
+
+
+def test_admit_settles_the_cache_split_it_was_told(sync_reg: Any) -> None:
+    """``usage`` takes the prompt cache's reads and writes, part of the input: settled as
+    ``settle`` takes them (priced as ``estimate_cost``, counted apart); each count given replaces
+    the one before. A bad count raises at the call and changes nothing."""
+    cost = {"input": "30", "output": "60", "cached_input": "3", "cache_write": "37.5", "per": 1_000_000}
+    sync_reg.register_model(model(id="cached", cost=cost, rate_limit={"input_tokens_per_minute": 10_000}))
+    with sync_reg.admit("openai:cached", 1000, 200) as ticket:
+        ticket.usage(cached_input_tokens=1000)  # checked against the estimate: all of it, fine
+        ticket.usage(input_tokens=1000, output_tokens=100, cached_input_tokens=600)
+        ticket.usage(cache_write_tokens=300)
+        for bad, message in [
+            ({"cached_input_tokens": 701}, r"\(701 \+ 300\) exceed input_tokens \(1000\)"),
+            ({"input_tokens": 899}, r"\(600 \+ 300\) exceed input_tokens \(899\)"),
+            ({"cache_write_tokens": -1}, "cache_write_tokens must be between 0 and"),
+            ({"cached_input_tokens": True}, "cached_input_tokens must be an integer, got bool"),
+            ({"input_tokens": "1000", "cached_input_tokens": 0}, "input_tokens must be an integer, got str"),
+            ({"output_tokens": 1.5}, "output_tokens must be an integer, got float"),
+        ]:
+            with pytest.raises(ConfigError, match=message):
+                ticket.usage(**bad)
+    stats = sync_reg.get_statistics(model="openai:cached")
+    assert (stats.requests, stats.successes, stats.input_tokens, stats.output_tokens) == (1, 1, 1000, 100)
+    assert (stats.cached_input_tokens, stats.cache_write_tokens) == (600, 300)
+    assert stats.total_cost == sync_reg.estimate_cost(
+        "openai:cached", 1000, 100, cached_input_tokens=600, cache_write_tokens=300
+    )
+    # the cache reads leave the input-tokens window, as settle does
+    assert sync_reg.check_rate_limit("openai:cached").remaining["input_tokens_per_minute"] == 10_000 - 400
+
+
+def test_a_providers_429_settles_the_ticket_throttled(sync_reg: Any) -> None:
+    """An exception with ``status_code`` 429, or ``mark_throttled``: a failure counted as
+    throttled, charged 0 tokens unless the block reported some; other exceptions are plain
+    failures charged the prompt."""
+    with pytest.raises(ProviderRateLimitError), sync_reg.admit("openai:gpt-4", 1000, 2000):
+        raise ProviderRateLimitError("429 Too Many Requests")
+    assert tpm_left(sync_reg) == 10_000  # the provider processed nothing
+    with sync_reg.admit("openai:gpt-4", 1000, 2000) as ticket:
+        ticket.mark_throttled()  # a client that returns the 429 instead of raising it
+    assert tpm_left(sync_reg) == 10_000
+    with sync_reg.admit("openai:gpt-4", 1000, 2000) as ticket:
+        ticket.usage(input_tokens=10)  # what the provider says it counted, if it says
+        ticket.mark_throttled()
+    assert tpm_left(sync_reg) == 10_000 - 10
+    with pytest.raises(ConnectionResetError), sync_reg.admit("openai:gpt-4", 1000, 2000):
+        raise ConnectionResetError("not a 429")
+    assert tpm_left(sync_reg) == 10_000 - 10 - 1000
+    with sync_reg.admit("openai:gpt-4", 100, 0) as ticket:
+        ticket.mark_throttled()
+        assert ticket.release() is True  # never sent after all: released, not settled
+    stats = sync_reg.get_statistics(model="openai:gpt-4")
+    assert (stats.requests, stats.successes, stats.failures, stats.throttled) == (4, 0, 4, 3)
+    assert (stats.input_tokens, stats.output_tokens) == (10 + 1000, 0)
+
+
 def test_async_admit_settles_even_when_cancelled(redis_url: str) -> None:
     import asyncio
 
@@ -322,6 +383,16 @@ def test_async_admit_settles_even_when_cancelled(redis_url: str) -> None:
         assert (await reg.check_rate_limit("openai:gpt-4")).remaining["tokens_per_minute"] == 10_000 - 1250 - 110
         async with reg.admit("openai:gpt-4", 100, 100) as ticket:
             assert await ticket.release()
+        # the cache split and a provider's 429 settle as the blocking ticket's do
+        async with reg.admit("openai:gpt-4", 100, 100) as ticket:
+            ticket.usage(input_tokens=100, output_tokens=0, cached_input_tokens=60, cache_write_tokens=40)
+        with pytest.raises(ProviderRateLimitError):
+            async with reg.admit("openai:gpt-4", 100, 100) as ticket:
+                raise ProviderRateLimitError
+        async with reg.admit("openai:gpt-4", 100, 100) as ticket:
+            ticket.mark_throttled()
+        stats = await reg.get_statistics(model="openai:gpt-4")
+        assert (stats.cached_input_tokens, stats.cache_write_tokens, stats.throttled, stats.failures) == (60, 40, 2, 3)
         await reg.aclose()
 
     asyncio.run(main())

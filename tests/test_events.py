@@ -150,7 +150,10 @@ def test_parse_usage_entry() -> None:
         "requests": 1,
         "successes": 1,
         "failures": 0,
+        "throttled": 0,  # counters the entry leaves out (it writes none that is 0) are 0
         "input_tokens": 1000,
+        "cached_input_tokens": 0,
+        "cache_write_tokens": 0,
         "output_tokens": 200,
         "cost_units": COST_UNITS,
         "cost": Decimal("0.042"),
@@ -163,6 +166,28 @@ def test_parse_usage_entry() -> None:
     assert str(event.data["cost"]) == "0.042000000"  # exact, from integer nano-units
     bare = parse_usage(stream, "5-0", {"type": "usage.recorded", "request_id": "", "tenant": ""}, "openai:gpt-4")
     assert (bare.tenant, bare.data["request_id"], bare.data["cost"]) == (None, None, Decimal(0))
+
+
+def test_a_usage_entrys_429_and_cache_counts() -> None:
+    """``throttled`` and the cache counters, as the scripts write them (only when not 0), parse
+    as integers; the printed line shows them when they are not 0."""
+    stream = KEYS.usage_events("openai:gpt-4")
+    counted = {"type": "usage.recorded", "request_id": "r-2", "tenant": "", "requests": "1", "successes": "1"}
+    cached = {**counted, "input_tokens": "1200", "cached_input_tokens": "1024", "cache_write_tokens": "100"}
+    cached |= {"output_tokens": "90", "cost_units": "2185200"}
+    event = parse_usage(stream, "1700000000000-0", cached, "openai:gpt-4")
+    data = event.data
+    assert (data["input_tokens"], data["cached_input_tokens"], data["cache_write_tokens"]) == (1200, 1024, 100)
+    assert (data["throttled"], data["failures"], data["cost"]) == (0, 0, Decimal("0.0021852"))
+    assert cli_events.event_line(event) == (
+        "2023-11-14T22:13:20.000Z usage.recorded openai:gpt-4 in=1200 cached=1024 cache_write=100 out=90 cost=0.0021852"
+    )
+    refused = {**counted, "successes": "0", "failures": "1", "throttled": "1"}
+    event = parse_usage(stream, "1700000000000-1", refused, "openai:gpt-4")
+    assert (event.data["throttled"], event.data["cached_input_tokens"], event.data["cost"]) == (1, 0, Decimal(0))
+    assert cli_events.event_line(event) == (
+        "2023-11-14T22:13:20.000Z usage.recorded openai:gpt-4 in=0 out=0 cost=0 failed throttled"
+    )
 
 
 def test_parse_budget_entry() -> None:
@@ -322,7 +347,10 @@ def test_usage_events_reach_another_client_with_exact_values(make_registry: Any)
         "requests": 1,
         "successes": 1,
         "failures": 0,
+        "throttled": 0,
         "input_tokens": 1000,
+        "cached_input_tokens": 0,
+        "cache_write_tokens": 0,
         "output_tokens": 200,
         "cost_units": COST_UNITS,
         "cost": Decimal("0.042"),
@@ -672,6 +700,25 @@ def test_cli_events_json(run: Any, history: Registry) -> None:
     assert usage["data"]["cost"] == "0.004500000"  # exact, as a string
     assert usage["data"]["currency"] == "USD"
     assert usage["data"]["input_tokens"] == 1000
+
+
+def test_cli_events_show_429s_and_cache_counts(run: Any, redis_url: str) -> None:
+    cost = {"input": "3", "output": "15", "cached_input": "0.30", "cache_write": "3.75"}
+    with Registry.from_url(redis_url, watch=False, usage_event_rate=1.0) as reg:
+        reg.register_model(model(provider="anthropic", id="claude", cost=cost))
+        reg.record_usage("anthropic:claude", 1200, 90, cached_input_tokens=1024)
+        time.sleep(0.002)
+        reg.record_usage("anthropic:claude", 0, 0, throttled=True, tenant="acme")
+    code, out, _ = run("events", "--type", "usage.recorded")
+    assert code == 0
+    cached, throttled = out.splitlines()
+    assert cached.endswith(" usage.recorded anthropic:claude in=1200 cached=1024 out=90 cost=0.0021852 USD"), cached
+    assert throttled.endswith(" anthropic:claude tenant=acme in=0 out=0 cost=0 USD failed throttled"), throttled
+    out = run("--json", "events", "--type", "usage.recorded")[1]
+    cached_doc, throttled_doc = (json.loads(line)["data"] for line in out.splitlines())
+    names = ("cached_input_tokens", "cache_write_tokens", "throttled", "failures")
+    assert [cached_doc[name] for name in names] == [1024, 0, 0, 0]
+    assert [throttled_doc[name] for name in names] == [0, 0, 1, 1]
 
 
 def test_cli_events_bad_arguments(run: Any) -> None:

@@ -557,5 +557,8 @@ def test_the_dashboard_only_names_exported_series(scraped: tuple[Samples, dict[s
         "registry_input_tokens_total",
         "registry_output_tokens_total",
         "registry_tenant_cost_total",
+        "registry_provider_throttled_total",
+        "registry_cached_input_tokens_total",
+        "registry_cache_write_tokens_total",
     ):
         assert needed in named

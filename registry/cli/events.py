@@ -4,6 +4,8 @@ One line per event, oldest first: the time (UTC), the type and a compact summary
 
     2025-03-01T12:00:00.123Z catalog.changed rev 12 put openai:gpt-4o
     2025-03-01T12:00:01.456Z usage.recorded openai:gpt-4o tenant=acme in=1000 out=200 cost=0.0045 USD
+    2025-03-01T12:00:01.502Z usage.recorded anthropic:claude-sonnet-4 in=1200 cached=1024 out=90 cost=0.0021852 USD
+    2025-03-01T12:00:01.655Z usage.recorded openai:gpt-4o in=0 out=0 cost=0 USD failed throttled
     2025-03-01T12:00:02.789Z budget.threshold acme */day 80% spent 8.00 of 10.00 USD
 
 With ``--json``, one JSON object per line (Decimals as exact strings). ``--follow`` prints the
@@ -68,12 +70,18 @@ def _summary(event: Event) -> str:
         parts = [str(event.model)]
         if event.tenant:
             parts.append(f"tenant={event.tenant}")
-        parts += [f"in={data.get('input_tokens', 0)}", f"out={data.get('output_tokens', 0)}"]
+        parts.append(f"in={data.get('input_tokens', 0)}")
+        for label, name in (("cached", "cached_input_tokens"), ("cache_write", "cache_write_tokens")):
+            if data.get(name):  # parts of the input
+                parts.append(f"{label}={data[name]}")
+        parts.append(f"out={data.get('output_tokens', 0)}")
         cost = data.get("cost")
         if isinstance(cost, Decimal):
             parts.append(f"cost={cost_text(cost)}" + (f" {data['currency']}" if data.get("currency") else ""))
         if data.get("failures"):
             parts.append("failed")
+        if data.get("throttled"):
+            parts.append("throttled")  # the provider's own 429 (a failure too)
         us, count = data.get("latency_us_sum"), data.get("latency_count")
         if isinstance(us, int) and isinstance(count, int) and count > 0:
             parts.append(f"latency={cost_text(Decimal(us).scaleb(-3) / count)}ms")
