@@ -17,7 +17,7 @@ import redis.asyncio.cluster as acluster
 import redis.cluster as rcluster
 from redis.crc import key_slot
 
-from registry._core import Flow
+from registry._core import Commands, Flow, Request, Script
 from registry.admission import ops as admission
 from registry.admission import route as routing
 from registry.admission.ops import Mode, WindowPlan
@@ -44,6 +44,7 @@ log = logging.getLogger("registry")
 
 DEFAULT_REFRESH_INTERVAL = 0.5
 _MAX_PLANS = 10_000  # cached acquire plans per client (models x tenants), cleared when full
+_MAX_KEY_SLOTS = 4_096  # a cluster client's remembered slots of scripts' first keys, cleared when full
 USAGE_EVENTS_CAP = 10_000  # sampled usage records kept per model (approximate)
 _CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")  # the schemes the `limits` library uses
 _SCHEMES = ("redis://", "rediss://", "unix://", *_CLUSTER_SCHEMES)
@@ -91,6 +92,37 @@ def one_slot(commands: Sequence[tuple[Any, ...]]) -> bool:
     """Whether every command's key (its second word) hashes to one cluster slot: a cluster runs
     MULTI/EXEC on one node only, so a transaction across slots is sent as a plain pipeline."""
     return len({key_slot(str(command[1]).encode()) for command in commands if len(command) > 1}) <= 1
+
+
+def request_slot(request: Request) -> int | None:
+    """The one cluster slot of ``request``'s keys, or None when no single node serves it: keys
+    in several slots, a command or script without keys (redis-py sends those to a node of its
+    choosing), or a :class:`Scan` (every primary). A script's keys share one hash tag, so its
+    first key names its slot (redis-py refuses a script whose keys do not)."""
+    if type(request) is Script:
+        return key_slot(request.keys[0].encode()) if request.keys else None
+    if type(request) is not Commands:
+        return None
+    slot = None
+    for command in request.commands:
+        keys = _command_keys(command)
+        if not keys:
+            return None
+        for key in keys:
+            at = key_slot(str(key).encode())
+            if slot is None:
+                slot = at
+            elif at != slot:
+                return None
+    return slot
+
+
+def _command_keys(command: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The keys of one of the flows' commands: an XREAD's streams, else the second word."""
+    if command[0] == "XREAD":
+        at = command.index("STREAMS") + 1
+        return command[at : at + (len(command) - at) // 2]
+    return command[1:2]
 
 
 CLUSTER_POLL_S = 0.1  # a follower's wait between reads when its streams span several cluster slots
@@ -206,9 +238,17 @@ class RegistryBase:
         self._sleep: Callable[[float], None] = time.sleep
         self._asleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         # What happens while Redis is unavailable (registry/faults.py): the breaker every
-        # request passes (see _core.run), the local emergency cap, the usage spool.
+        # request passes (see _core.run; on a cluster, its node's), the local emergency cap,
+        # the usage spool.
         self.fault_policy = FaultPolicy() if fault_policy is None else fault_policy
-        self._faults = Faults(self.fault_policy, namespace=namespace, clock=self._monotonic, on_close=self._recovered)
+        self._key_slots: dict[str, int] = {}  # see _node_of
+        self._faults = Faults(
+            self.fault_policy,
+            namespace=namespace,
+            clock=self._monotonic,
+            on_close=self._recovered,
+            node_of=self._node_of if self.cluster else None,
+        )
 
     @property
     def revision(self) -> int:
@@ -222,6 +262,26 @@ class RegistryBase:
         """Counters of the fault policy now: breaker state, fail-open admits, fail-closed
         refusals, usage spooled, replayed and dropped, spool depth."""
         return self._faults.stats()
+
+    def _node_of(self, request: Request) -> str | None:
+        """The ``host:port`` of the cluster primary serving ``request``'s slot now, by redis-py's
+        own slot map (which it updates on MOVED and re-reads after a connection error), or None
+        (no single node, or a slot not mapped yet: the async client maps on its first call).
+
+        A script's slot is remembered by its first key (a key's slot never changes; its node
+        may, so that is read from redis-py's map each time): an acquire's first key is its
+        model's window, the same for every call."""
+        if type(request) is Script and request.keys:
+            key = request.keys[0]
+            slot = self._key_slots.get(key)
+            if slot is None:
+                if len(self._key_slots) >= _MAX_KEY_SLOTS:  # ids in a usage marker's key: keep it small
+                    self._key_slots.clear()
+                slot = self._key_slots[key] = key_slot(key.encode())
+        elif (slot := request_slot(request)) is None:
+            return None
+        nodes = self.redis.nodes_manager.slots_cache.get(slot)
+        return nodes[0].name if nodes else None
 
     def _monotonic(self) -> float:
         """Seconds, for the breaker and the emergency windows (the testing clock when set)."""

@@ -51,8 +51,8 @@ Flow = Generator[Request, Any, T]
 
 
 class Guard(Protocol):
-    """What the drivers ask before and tell after each request: the circuit breaker
-    (:class:`registry.faults.CircuitBreaker`). ``tripped`` and ``failures`` are read on every
+    """What the drivers ask before and tell after each request: a circuit breaker
+    (:class:`registry.breakers.CircuitBreaker`). ``tripped`` and ``failures`` are read on every
     request, so a healthy client pays two attribute reads."""
 
     tripped: bool
@@ -63,54 +63,70 @@ class Guard(Protocol):
     def outcome(self, error: BaseException | None) -> None: ...
 
 
-def run(flow: Flow[T], execute: Callable[[Request], Any], guard: Guard | None = None) -> T:
+def run(
+    flow: Flow[T],
+    execute: Callable[[Request], Any],
+    guard: Guard | None = None,
+    guard_for: Callable[[Request], Guard | None] | None = None,
+) -> T:
     """Drive ``flow`` to its result, sending each request with the blocking ``execute``.
 
     An error of ``execute`` is thrown into the flow (where it propagates from the ``yield``, so a
     flow that does not catch it raises it unchanged), as is the :class:`BackendUnavailable` of an
-    open ``guard``, which sends nothing: a flow may fall back (see :mod:`registry.faults`).
+    open guard, which sends nothing: a flow may fall back (see :mod:`registry.faults`).
+
+    The guard of a request is ``guard`` (one for all: a single Redis), or, when given,
+    ``guard_for(request)`` (a cluster: the breaker of the node serving the request's slot, see
+    :class:`registry.breakers.NodeBreakers`); the request's outcome goes to the guard it asked.
     """
     try:
         request = next(flow)
         while True:
-            if guard is not None and guard.tripped and (refused := guard.refuse()) is not None:
+            g = guard if guard_for is None else guard_for(request)
+            if g is not None and g.tripped and (refused := g.refuse()) is not None:
                 request = flow.throw(refused)
                 continue
             try:
                 reply = execute(request)
             except BaseException as exc:
-                if guard is not None:
-                    guard.outcome(exc)
+                if g is not None:
+                    g.outcome(exc)
                 if not isinstance(exc, Exception):  # cancelled, interrupted: not the flow's business
                     raise
                 request = flow.throw(exc)
                 continue
-            if guard is not None and guard.failures:
-                guard.outcome(None)
+            if g is not None and g.failures:
+                g.outcome(None)
             request = flow.send(reply)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
 
 
-async def arun(flow: Flow[T], execute: Callable[[Request], Awaitable[Any]], guard: Guard | None = None) -> T:
+async def arun(
+    flow: Flow[T],
+    execute: Callable[[Request], Awaitable[Any]],
+    guard: Guard | None = None,
+    guard_for: Callable[[Request], Guard | None] | None = None,
+) -> T:
     """Drive ``flow`` to its result, awaiting each request with ``execute`` (as :func:`run`)."""
     try:
         request = next(flow)
         while True:
-            if guard is not None and guard.tripped and (refused := guard.refuse()) is not None:
+            g = guard if guard_for is None else guard_for(request)
+            if g is not None and g.tripped and (refused := g.refuse()) is not None:
                 request = flow.throw(refused)
                 continue
             try:
                 reply = await execute(request)
             except BaseException as exc:
-                if guard is not None:
-                    guard.outcome(exc)
+                if g is not None:
+                    g.outcome(exc)
                 if not isinstance(exc, Exception):  # cancelled, interrupted: not the flow's business
                     raise
                 request = flow.throw(exc)
                 continue
-            if guard is not None and guard.failures:
-                guard.outcome(None)
+            if g is not None and g.failures:
+                g.outcome(None)
             request = flow.send(reply)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]

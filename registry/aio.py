@@ -100,7 +100,7 @@ class AsyncRegistry(RegistryBase):
         self._lock: asyncio.Lock | None = None
         self._replay_lock: asyncio.Lock | None = None  # one replay of the usage spool at a time
         self._replay_task: asyncio.Task[None] | None = None
-        self._batcher = ScriptBatcher(client, self.scripts)
+        self._batcher = ScriptBatcher(client, self.scripts, node_of=self._node_of if self.cluster else None)
         self._closed = False
         self._watcher: asyncio.Task[None] | None = None
 
@@ -166,7 +166,7 @@ class AsyncRegistry(RegistryBase):
         return replies
 
     async def _run(self, flow: _core.Flow[Any]) -> Any:
-        return await _core.arun(flow, self._execute, self._faults.breaker)
+        return await _core.arun(flow, self._execute, self._faults.guard, self._faults.guard_for)
 
     async def flush_spool(self) -> int:
         """Write the usage spooled while Redis was unavailable, in order, now; returns how many.

@@ -17,7 +17,14 @@ The calls are EVALSHAs, loading scripts Redis answers NOSCRIPT for, or in functi
 (``scripts="functions"``) FCALLs, loading the function library when a function is not found
 (:mod:`registry.functions`); the flow is the same either way.
 
-Redis Cluster cannot run scripts in a pipeline; the cluster work will group batches by node.
+On a Redis Cluster redis-py splits a pipeline per node, but fails it whole when one node cannot
+be reached, so that one dead primary would fail every caller of the batch (and, through their
+breakers, one per node, stop the healthy nodes too; see :mod:`registry.breakers`). So the asyncio
+batcher sends one pipeline per node, at once, and the threads' batcher, whose cluster pipeline
+fails before it writes anything when a node's connection cannot be had, sends each node's calls
+again on their own when a pipeline for several nodes fails as unavailable: the dead node's callers
+get the error, the others their replies. A script missing on a cluster node is loaded on the nodes
+that answered NOSCRIPT only, not on every primary (which fails while any primary is down).
 """
 
 from __future__ import annotations
@@ -31,15 +38,17 @@ from typing import Any
 
 import redis
 import redis.asyncio as aredis
+import redis.asyncio.cluster as acluster
+import redis.cluster as rcluster
 from redis.exceptions import NoScriptError
 
-from registry._core import Script
+from registry._core import Request, Script
 from registry.admission.ops import acquire_group, merge_acquires, split_acquires
-from registry.errors import ScriptError, redis_error
+from registry.errors import BackendUnavailable, ScriptError, redis_error
 from registry.functions import ScriptsMode, aload_library, check_mode, is_missing, library, load_library
 from registry.scripts import load
 
-__all__ = ["ScriptBatcher", "ThreadBatcher", "batch_flow"]
+__all__ = ["ScriptBatcher", "ThreadBatcher", "ascript_load", "batch_flow", "by_node", "script_load"]
 
 MAX_BATCH = 512  # calls per pipeline: bounds a reply's size and a late caller's wait
 
@@ -47,10 +56,43 @@ MAX_BATCH = 512  # calls per pipeline: bounds a reply's size and a late caller's
 @dataclass(frozen=True, slots=True)
 class Load:
     """Load code before the next pipeline: these scripts (SCRIPT LOAD of each source), or with
-    ``library`` the function library (:func:`registry.functions.load_library`)."""
+    ``library`` the function library (:func:`registry.functions.load_library`). ``keys``: a key
+    of each call that needs them (on a cluster, the nodes to load on)."""
 
     sources: tuple[str, ...] = ()
     library: bool = False
+    keys: tuple[str, ...] = ()
+
+
+def script_load(client: redis.Redis | rcluster.RedisCluster, source: str, keys: tuple[str, ...] = ()) -> None:
+    """SCRIPT LOAD ``source`` where calls on ``keys`` need it: on a cluster, the primaries serving
+    those keys (redis-py's own ``script_load`` asks every primary, and fails if one is down);
+    on a single Redis, or without keys, as redis-py sends it."""
+    if keys and isinstance(client, rcluster.RedisCluster):
+        for node in {n.name: n for n in map(client.get_node_from_key, keys)}.values():
+            client.execute_command("SCRIPT LOAD", source, target_nodes=node)
+    else:
+        client.script_load(source)
+
+
+async def ascript_load(client: aredis.Redis | acluster.RedisCluster, source: str, keys: tuple[str, ...] = ()) -> None:
+    """:func:`script_load` for the asyncio clients."""
+    if keys and isinstance(client, acluster.RedisCluster):
+        for node in {n.name: n for n in map(client.get_node_from_key, keys)}.values():
+            await client.execute_command("SCRIPT LOAD", source, target_nodes=node)
+    else:
+        await client.script_load(source)
+
+
+def by_node(requests: list[Script], node_of: Callable[[Request], str | None] | None) -> list[list[int]] | None:
+    """The indexes of ``requests`` grouped by the cluster node serving each (in order), or None
+    when there is nothing to split: not a cluster (``node_of`` None), or one node for all."""
+    if node_of is None:
+        return None
+    groups: dict[str | None, list[int]] = {}
+    for i, request in enumerate(requests):
+        groups.setdefault(node_of(request), []).append(i)
+    return list(groups.values()) if len(groups) > 1 else None
 
 
 LOAD_ATTEMPTS = 3  # loads of missing scripts before their NOSCRIPT reaches the caller
@@ -71,7 +113,8 @@ def _pipelined(requests: list[Script], mode: ScriptsMode = "eval") -> BatchFlow:
         if not missing:
             break
         if mode == "eval":
-            yield Load(tuple(sorted({load(requests[i].name).source for i in missing})))
+            sources = tuple(sorted({load(requests[i].name).source for i in missing}))
+            yield Load(sources, keys=tuple(requests[i].keys[0] for i in missing if requests[i].keys))
         else:
             yield Load(library=True)
         for i, reply in zip(missing, (yield [requests[i] for i in missing]), strict=True):
@@ -147,11 +190,17 @@ class _Counters:
 class ScriptBatcher(_Counters):
     """Sends the :class:`Script` calls of one asyncio client in pipelines (module docstring)."""
 
-    def __init__(self, client: aredis.Redis, scripts: ScriptsMode = "eval") -> None:
+    def __init__(
+        self,
+        client: aredis.Redis,
+        scripts: ScriptsMode = "eval",
+        node_of: Callable[[Request], str | None] | None = None,
+    ) -> None:
         super().__init__()
         self.client = client
         self.mode = check_mode(scripts)
         self._fill = _evalshas if scripts == "eval" else _fcalls
+        self._node_of = node_of  # on a cluster: the node of a call, for one pipeline per node
         self._queue: list[tuple[Script, asyncio.Future[Any]]] = []
         self._flushing: asyncio.Task[None] | None = None
 
@@ -186,6 +235,25 @@ class ScriptBatcher(_Counters):
     async def _send(self, requests: list[Script]) -> list[Any]:
         self.batches += 1
         self.calls += len(requests)
+        groups = by_node(requests, self._node_of)
+        if groups is None:
+            return await self._pipeline(requests)
+        # A cluster: one pipeline per node, all at once (as redis-py sends a cluster pipeline),
+        # so that a node that is down fails its own callers only.
+        out: list[Any] = [None] * len(requests)
+        sent = await asyncio.gather(
+            *(self._pipeline([requests[i] for i in group]) for group in groups), return_exceptions=True
+        )
+        for group, replies in zip(groups, sent, strict=True):
+            if isinstance(replies, Exception):
+                replies = [replies] * len(group)
+            elif isinstance(replies, BaseException):  # cancelled, interrupted
+                raise replies
+            for i, reply in zip(group, replies, strict=True):
+                out[i] = reply
+        return out
+
+    async def _pipeline(self, requests: list[Script]) -> list[Any]:
         flow = batch_flow(requests, self.mode)
         try:
             step = next(flow)
@@ -195,7 +263,7 @@ class ScriptBatcher(_Counters):
                         if step.library:
                             await aload_library(self.client)
                         for source in step.sources:
-                            await self.client.script_load(source)
+                            await ascript_load(self.client, source, step.keys)
                         reply: Any = None
                     else:
                         self.scripts += len(step)
@@ -240,12 +308,19 @@ class ThreadBatcher(_Counters):
     for more than the round trip in flight and its own.
     """
 
-    def __init__(self, send: Callable[[Script], Any], client: redis.Redis, scripts: ScriptsMode = "eval") -> None:
+    def __init__(
+        self,
+        send: Callable[[Script], Any],
+        client: redis.Redis,
+        scripts: ScriptsMode = "eval",
+        node_of: Callable[[Request], str | None] | None = None,
+    ) -> None:
         super().__init__()
         self._send_one = send  # the client's own path for a single call (errors translated)
         self.client = client
         self.mode = check_mode(scripts)
         self._fill = _evalshas if scripts == "eval" else _fcalls
+        self._node_of = node_of  # on a cluster: the node of a call, to split a failed pipeline
         self._lock = threading.Lock()
         self._waiting: list[_Slot] = []
         self._busy = False
@@ -306,6 +381,24 @@ class ThreadBatcher(_Counters):
                 return [self._send_one(requests[0])]
             except Exception as exc:
                 return [exc]
+        try:
+            return self._pipeline(requests)
+        except BackendUnavailable:
+            groups = by_node(requests, self._node_of)
+            if groups is None:
+                raise
+        # A cluster pipeline fails whole when one node is down: each node's calls alone.
+        out: list[Any] = [None] * len(requests)
+        for group in groups:
+            try:
+                replies = self._pipeline([requests[i] for i in group])
+            except BackendUnavailable as exc:
+                replies = [exc] * len(group)
+            for i, reply in zip(group, replies, strict=True):
+                out[i] = reply
+        return out
+
+    def _pipeline(self, requests: list[Script]) -> list[Any]:
         flow = batch_flow(requests, self.mode)
         try:
             step = next(flow)
@@ -315,7 +408,7 @@ class ThreadBatcher(_Counters):
                         if step.library:
                             load_library(self.client)
                         for source in step.sources:
-                            self.client.script_load(source)
+                            script_load(self.client, source, step.keys)
                         reply: Any = None
                     else:
                         self.scripts += len(step)

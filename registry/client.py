@@ -30,7 +30,7 @@ from registry._base import (
 from registry.admission.route import Route
 from registry.admission.ticket import Admit
 from registry.admission.types import Decision, Reservation, check_tenant
-from registry.batching import LOAD_ATTEMPTS, ThreadBatcher
+from registry.batching import LOAD_ATTEMPTS, ThreadBatcher, script_load
 from registry.budgets import ops as budget_ops
 from registry.budgets.types import DEFAULT_THRESHOLDS, Budget, BudgetStatus
 from registry.catalog import ops
@@ -103,7 +103,12 @@ class Registry(RegistryBase):
         )
         self._lock = threading.Lock()
         self._replay_lock = threading.Lock()  # one replay of the usage spool at a time
-        self._batcher = ThreadBatcher(self._evalsha if self.scripts == "eval" else self._fcall, client, self.scripts)
+        self._batcher = ThreadBatcher(
+            self._evalsha if self.scripts == "eval" else self._fcall,
+            client,
+            self.scripts,
+            node_of=self._node_of if self.cluster else None,
+        )
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._watcher_pid = 0
@@ -175,7 +180,7 @@ class Registry(RegistryBase):
                 except NoScriptError:  # a new server, a failover or SCRIPT FLUSH: load it and go again
                     if attempt == LOAD_ATTEMPTS:
                         raise
-                    self.redis.script_load(lua.source)
+                    script_load(self.redis, lua.source, keys[:1])  # on a cluster: on keys' node only
             raise AssertionError("unreachable")  # pragma: no cover
         except redis.exceptions.RedisError as exc:
             raise redis_error(exc) from exc
@@ -196,7 +201,7 @@ class Registry(RegistryBase):
             raise redis_error(exc) from exc
 
     def _run(self, flow: _core.Flow[Any]) -> Any:
-        return _core.run(flow, self._execute, self._faults.breaker)
+        return _core.run(flow, self._execute, self._faults.guard, self._faults.guard_for)
 
     def flush_spool(self) -> int:
         """Write the usage spooled while Redis was unavailable, in order, now; returns how many.

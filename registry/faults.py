@@ -2,13 +2,17 @@
 
 Three parts, each a plain object with no I/O of its own:
 
-- :class:`CircuitBreaker`: after ``failures_to_open`` consecutive :class:`BackendUnavailable`
-  errors it *opens*, and every call fails at once with ``BackendUnavailable("circuit open
-  ...")`` without touching the network, so a fleet's callers do not each wait out a socket
-  timeout (what Envoy's ratelimit did while failing open, envoyproxy/ratelimit#462). After
-  ``open_seconds`` one call goes through as a probe (*half-open*): an answer closes the
-  breaker (and replays the spool), a failure opens it again. The clients' flow driver
-  (:func:`registry._core.run`) consults it on every request: two attribute reads when closed.
+- :class:`~registry.breakers.CircuitBreaker` (:mod:`registry.breakers`): after
+  ``failures_to_open`` consecutive :class:`BackendUnavailable` errors it *opens*, and every
+  call fails at once with ``BackendUnavailable("circuit open ...")`` without touching the
+  network, so a fleet's callers do not each wait out a socket timeout (what Envoy's ratelimit
+  did while failing open, envoyproxy/ratelimit#462). After ``open_seconds`` one call goes
+  through as a probe (*half-open*): an answer closes the breaker (and replays the spool), a
+  failure opens it again. The clients' flow driver (:func:`registry._core.run`) consults it on
+  every request: two attribute reads when closed. A single-Redis client has one; a cluster
+  client one per primary, chosen by the slot of the request's keys, and one (``"*"``) for
+  requests no single node serves (:class:`~registry.breakers.NodeBreakers`), so one dead
+  primary stops only the models, tenants and catalog whose slots it serves.
 - :class:`LocalWindows`: the *emergency cap* of a worker that fails open. Each model limit
   (RPM, TPM, ITPM, OTPM, RPD, and the tenant's) gets an exact in-process sliding window of
   ``emergency_share`` of the limit, so N workers failing open admit at most N times that
@@ -28,9 +32,11 @@ prometheus_client's default registry)::
     registry_fault_admits_total{namespace}      counter  admitted by the local emergency cap (fail open)
     registry_fault_denials_total{namespace}     counter  refused by the local emergency cap
     registry_fault_refusals_total{namespace}    counter  raised BackendUnavailable (fail closed)
-    registry_breaker_opens_total{namespace}     counter  closed -> open
+    registry_breaker_opens_total{namespace}     counter  closed -> open (any breaker of a client)
     registry_breaker_closes_total{namespace}    counter  back to closed
-    registry_breaker_open{namespace}            gauge    clients whose breaker is open or half-open
+    registry_breaker_open{namespace}            gauge    clients with a breaker open or half-open
+    registry_breaker_node_open{namespace,node}  gauge    cluster clients whose breaker of that node
+                                                         ("*": requests spanning nodes) is not closed
     registry_spool_spooled_total{namespace}     counter  usage operations put in the spool
     registry_spool_replayed_total{namespace}    counter  replayed to Redis
     registry_spool_dropped_total{namespace}     counter  dropped: spool full, refused on replay, or lost at close
@@ -49,11 +55,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar
@@ -61,8 +66,9 @@ from typing import Any, Literal, TypeVar
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, CollectorRegistry
 
-from registry._core import Flow
+from registry._core import Flow, Guard, Request
 from registry.admission.types import Decision, LimitSpec, Reservation
+from registry.breakers import WIDE, CircuitBreaker, NodeBreakers, State, describe, worst
 from registry.errors import BackendUnavailable, ConfigError, RegistryError, RequestTooLargeError
 
 __all__ = [
@@ -80,6 +86,7 @@ __all__ = [
 
 log = logging.getLogger("registry")
 T = TypeVar("T")
+# CircuitBreaker lives in registry.breakers; it is imported and exported here too, where it was.
 
 # Defaults of from_url: a dead server is noticed in half a second, a hung one in two (above
 # the events follower's one-second blocking XREAD, which must not time out).
@@ -113,7 +120,8 @@ class FaultPolicy:
     - ``emergency_share``: the fraction of each limit (model and tenant; RPM, TPM, ITPM, OTPM,
       RPD) that one worker may admit on its own while failing open (rounded down: 0.1 of 25
       RPM is 2).
-    - ``failures_to_open``, ``open_seconds``: the circuit breaker (see :class:`CircuitBreaker`).
+    - ``failures_to_open``, ``open_seconds``: the circuit breaker (see :class:`CircuitBreaker`;
+      on a cluster, of each primary).
     - ``spool_max``: records kept at most; when full the oldest is dropped (counted, logged).
     """
 
@@ -145,98 +153,6 @@ class FaultPolicy:
 
 def _whole(value: Any, low: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-
-# -- the circuit breaker ------------------------------------------------------------------------
-
-
-class CircuitBreaker:
-    """Closed -> open after ``failures_to_open`` consecutive unavailable errors; open -> one
-    probe after ``open_seconds`` (half-open); an answer closes it, a failure opens it again.
-
-    The flow driver reads two attributes on the hot path: ``tripped`` (open or half-open: ask
-    :meth:`refuse` before sending) and ``failures`` (after a reply: report it while > 0).
-    Thread-safe; ``clock`` (seconds) is injectable so tests need no sleeps.
-    """
-
-    def __init__(
-        self,
-        failures_to_open: int = 3,
-        open_seconds: float = 1.0,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        on_open: Callable[[int], None] | None = None,
-        on_close: Callable[[float], None] | None = None,
-    ) -> None:
-        self.failures_to_open = failures_to_open
-        self.open_seconds = open_seconds
-        self.tripped = False
-        self.failures = 0
-        self.opens = 0
-        self.closes = 0
-        self._clock = clock
-        self._on_open = on_open
-        self._on_close = on_close
-        self._opened_at = 0.0  # when it last opened (or re-opened after a failed probe)
-        self._first_opened_at = 0.0  # when this outage began, for the log
-        self._probing = False
-        self._lock = threading.Lock()
-
-    @property
-    def state(self) -> Literal["closed", "open", "half-open"]:
-        if not self.tripped:
-            return "closed"
-        return "half-open" if self._probing else "open"
-
-    def refuse(self) -> BackendUnavailable | None:
-        """While tripped: None if this call may go (it is the probe), else the error to raise."""
-        with self._lock:
-            if not self.tripped:
-                return None
-            left = self._opened_at + self.open_seconds - self._clock()
-            if left <= 0 and not self._probing:
-                self._probing = True
-                return None
-            wait = "a probe is in flight" if left <= 0 else f"next probe in {left:.3f}s"
-            return BackendUnavailable(
-                f"circuit open: Redis failed {self.failures} times in a row; {wait} (nothing was sent)"
-            )
-
-    def outcome(self, error: BaseException | None) -> None:
-        """Report how a call that was sent ended: None (a reply) or the exception it raised."""
-        if isinstance(error, BackendUnavailable):
-            self._failed()
-        elif error is None or isinstance(error, RegistryError):
-            self._succeeded()  # Redis answered, if only with an error
-        else:  # cancelled or interrupted: no verdict, but a probe must not stay claimed forever
-            with self._lock:
-                self._probing = False
-
-    def _succeeded(self) -> None:
-        with self._lock:
-            was_tripped, self.tripped, self.failures, self._probing = self.tripped, False, 0, False
-            if not was_tripped:
-                return
-            self.closes += 1
-            down = self._clock() - self._first_opened_at
-        if self._on_close is not None:
-            self._on_close(down)
-
-    def _failed(self) -> None:
-        with self._lock:
-            self.failures += 1
-            if self.tripped:
-                if self._probing:  # the probe failed: open again for another open_seconds
-                    self._probing = False
-                    self._opened_at = self._clock()
-                return
-            if self.failures < self.failures_to_open:
-                return
-            self.tripped, self.opens = True, self.opens + 1
-            self._opened_at = self._first_opened_at = self._clock()
-            failures = self.failures
-        if self._on_open is not None:
-            self._on_open(failures)
 
 
 # -- the local emergency cap ----------------------------------------------------------------------
@@ -358,9 +274,16 @@ class Spool:
 
 @dataclass(frozen=True, slots=True)
 class FaultStats:
-    """A snapshot of one client's fault handling (``reg.faults``)."""
+    """A snapshot of one client's fault handling (``reg.faults``).
 
-    breaker: Literal["closed", "open", "half-open"]
+    On a cluster client, whose breakers are one per primary (see :mod:`registry.breakers`),
+    ``breakers`` maps each node's ``host:port`` (and ``"*"``, requests spanning several nodes)
+    to its state, ``breaker`` is the most open of them (``"open"`` while any node's is: some
+    requests are refused), ``consecutive_failures`` the most of any, and the opens and closes
+    are summed. A single-Redis client has one breaker: ``breakers`` is empty.
+    """
+
+    breaker: State
     consecutive_failures: int
     breaker_opens: int
     breaker_closes: int
@@ -371,13 +294,20 @@ class FaultStats:
     replayed: int
     dropped: int
     spool_depth: int
+    breakers: Mapping[str, State] = field(default_factory=lambda: MappingProxyType({}))
 
 
 class Faults:
-    """The :class:`FaultPolicy` of one client, with its breaker, local windows, spool and counters.
+    """The :class:`FaultPolicy` of one client, with its breakers, local windows, spool and counters.
 
-    ``clock`` (seconds, monotonic) drives the breaker and the windows; ``on_close`` is the
+    ``clock`` (seconds, monotonic) drives the breakers and the windows; ``on_close`` is the
     client's hook to replay the spool when Redis answers again (a thread or a task).
+
+    Without ``node_of`` (a single Redis) one breaker guards every request: ``guard`` is it and
+    ``guard_for`` is None. With ``node_of`` (a cluster: the ``host:port`` of the primary serving
+    a request's slot, None if no single node does) ``guard_for`` is a
+    :class:`~registry.breakers.NodeBreakers` and ``guard`` is None; ``breaker`` is then the
+    breaker of the requests spanning several nodes. The clients pass both to the flow driver.
     """
 
     def __init__(
@@ -387,14 +317,21 @@ class Faults:
         namespace: str,
         clock: Callable[[], float],
         on_close: Callable[[], None],
+        node_of: Callable[[Request], str | None] | None = None,
     ) -> None:
         if not isinstance(policy, FaultPolicy):
             raise ConfigError(f"fault_policy must be a FaultPolicy, got {type(policy).__name__}")
         self.policy = policy
         self.namespace = namespace
-        self.breaker = CircuitBreaker(
-            policy.failures_to_open, policy.open_seconds, clock=clock, on_open=self._opened, on_close=self._closed
-        )
+        self._clock = clock
+        self.nodes: NodeBreakers | None = None
+        if node_of is None:
+            self.breaker = self._breaker("")
+        else:
+            self.nodes = NodeBreakers(self._breaker, node_of)
+            self.breaker = self.nodes.wide
+        self.guard: Guard | None = self.breaker if self.nodes is None else None
+        self.guard_for: Callable[[Request], Guard | None] | None = self.nodes
         self.windows = LocalWindows(policy.emergency_share, lambda: int(clock() * 1000))
         self.spool = Spool(policy.spool_max)
         self._on_close = on_close
@@ -406,12 +343,29 @@ class Faults:
         _live.add(self)
         _ensure_collector()
 
+    def _breaker(self, node: str) -> CircuitBreaker:
+        """A breaker of the policy's settings guarding ``node`` ("" on a single Redis)."""
+        return CircuitBreaker(
+            self.policy.failures_to_open,
+            self.policy.open_seconds,
+            clock=self._clock,
+            on_open=lambda failures: self._opened(failures, node),
+            on_close=lambda down: self._closed(down, node),
+            node=node,
+        )
+
+    def breakers(self) -> list[CircuitBreaker]:
+        """This client's breakers: the one, or on a cluster each node's made so far and ``"*"``."""
+        return [self.breaker] if self.nodes is None else self.nodes.all()
+
     def stats(self) -> FaultStats:
+        breakers = self.breakers()
+        states = [b.state for b in breakers]
         return FaultStats(
-            breaker=self.breaker.state,
-            consecutive_failures=self.breaker.failures,
-            breaker_opens=self.breaker.opens,
-            breaker_closes=self.breaker.closes,
+            breaker=worst(states),
+            consecutive_failures=max(b.failures for b in breakers),
+            breaker_opens=sum(b.opens for b in breakers),
+            breaker_closes=sum(b.closes for b in breakers),
             fail_open_admits=self.windows.admits,
             fail_open_denials=self.windows.denials,
             fail_closed_refusals=self.refusals,
@@ -419,16 +373,21 @@ class Faults:
             replayed=self.replayed,
             dropped=self.dropped,
             spool_depth=len(self.spool),
+            breakers=MappingProxyType(
+                {} if self.nodes is None else {b.node: st for b, st in zip(breakers, states, strict=True)}
+            ),
         )
 
-    # -- the breaker's transitions, logged ----------------------------------------------------
+    # -- the breakers' transitions, logged ----------------------------------------------------
 
-    def _opened(self, failures: int) -> None:
+    def _opened(self, failures: int, node: str) -> None:
         policy = self.policy
         log.warning(
-            "Redis unavailable (%d failures in a row): circuit open, calls fail at once for %.3gs; "
+            "%s unavailable (%d failures in a row): circuit open, %s fail at once for %.3gs; "
             "admission fails %s, budgets %s, usage %s [namespace %s]",
+            describe(node),
             failures,
+            "calls" if not node else "its calls (other nodes' go on)" if node != WIDE else "those calls",
             policy.open_seconds,
             policy.admission,
             policy.budgets,
@@ -436,14 +395,15 @@ class Faults:
             self.namespace,
         )
 
-    def _closed(self, down_seconds: float) -> None:
+    def _closed(self, down_seconds: float, node: str) -> None:
         log.info(
-            "Redis answers again after %.3fs: circuit closed; %d spooled usage records to replay [namespace %s]",
+            "%s answers again after %.3fs: circuit closed; %d spooled usage records to replay [namespace %s]",
+            describe(node),
             down_seconds,
             len(self.spool),
             self.namespace,
         )
-        if len(self.spool):
+        if len(self.spool):  # in order, all nodes' records: one for a node still down stops it
             self._on_close()
 
     @staticmethod
@@ -608,8 +568,8 @@ _COUNTERS = (
         "Admissions that raised BackendUnavailable under a fail-closed policy.",
         "fail_closed_refusals",
     ),
-    ("registry_breaker_opens", "Times a client's circuit breaker opened.", "breaker_opens"),
-    ("registry_breaker_closes", "Times a client's circuit breaker closed again.", "breaker_closes"),
+    ("registry_breaker_opens", "Times a client's circuit breaker (of a cluster node) opened.", "breaker_opens"),
+    ("registry_breaker_closes", "Times a client's circuit breaker (of a cluster node) closed again.", "breaker_closes"),
     ("registry_spool_spooled", "Usage operations spooled while Redis was unavailable.", "spooled"),
     ("registry_spool_replayed", "Spooled usage operations replayed to Redis.", "replayed"),
     (
@@ -625,26 +585,37 @@ class FaultCollector:
 
     def collect(self) -> Iterator[Metric]:
         totals: dict[str, dict[str, int]] = {}
+        nodes: dict[tuple[str, str], int] = {}
         for faults in list(_live):
             stats = faults.stats()
             into = totals.setdefault(faults.namespace, {})
-            for _, _, field in _COUNTERS:
-                into[field] = into.get(field, 0) + getattr(stats, field)
+            for _, _, name in _COUNTERS:
+                into[name] = into.get(name, 0) + getattr(stats, name)
             into["open"] = into.get("open", 0) + (stats.breaker != "closed")
             into["depth"] = into.get("depth", 0) + stats.spool_depth
-        for name, doc, field in _COUNTERS:
+            for node, state in stats.breakers.items():
+                nodes[faults.namespace, node] = nodes.get((faults.namespace, node), 0) + (state != "closed")
+        for name, doc, key in _COUNTERS:
             counter = CounterMetricFamily(name, doc, labels=["namespace"])
             for namespace, values in sorted(totals.items()):
-                counter.add_metric([namespace], values[field])
+                counter.add_metric([namespace], values[key])
             yield counter
-        for name, doc, field in (
-            ("registry_breaker_open", "Clients whose circuit breaker is open or half-open.", "open"),
+        for name, doc, key in (
+            ("registry_breaker_open", "Clients with a circuit breaker open or half-open.", "open"),
             ("registry_spool_depth", "Usage operations waiting in the spool.", "depth"),
         ):
             gauge = GaugeMetricFamily(name, doc, labels=["namespace"])
             for namespace, values in sorted(totals.items()):
-                gauge.add_metric([namespace], values[field])
+                gauge.add_metric([namespace], values[key])
             yield gauge
+        gauge = GaugeMetricFamily(
+            "registry_breaker_node_open",
+            'Cluster clients whose circuit breaker of this node is open or half-open ("*": requests spanning nodes).',
+            labels=["namespace", "node"],
+        )
+        for (namespace, node), count in sorted(nodes.items()):
+            gauge.add_metric([namespace, node], count)
+        yield gauge
 
 
 def _ensure_collector(registry: CollectorRegistry = REGISTRY) -> None:

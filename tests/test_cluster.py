@@ -11,11 +11,15 @@ import json
 from typing import Any
 
 import pytest
+import redis
+import redis.asyncio as aredis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
-from registry import AsyncRegistry, ConfigError, Registry
-from registry._base import cluster_commands, cluster_replies, connect, is_cluster_url, one_slot
+from registry import AsyncRegistry, BackendUnavailable, ConfigError, Registry
+from registry._base import cluster_commands, cluster_replies, connect, is_cluster_url, one_slot, request_slot
+from registry._core import Commands, Scan, Script
+from registry.batching import ScriptBatcher, ThreadBatcher, by_node
 from registry.cli import main
 from registry.cli.context import redact
 from registry.keys import Keys
@@ -86,6 +90,61 @@ def test_an_xread_over_several_slots_is_split_per_slot_and_folded_back() -> None
     assert cluster_commands([same]) == ([same], [1], 0.0)
     assert one_slot([("HGET", a, "f"), ("HGET", c, "f")])
     assert not one_slot([("HGET", a, "f"), ("HGET", b, "f")])
+
+
+def test_a_requests_slot_is_its_keys_one_slot_or_none() -> None:
+    """What picks a cluster client's breaker (see registry.breakers): the one slot of a request."""
+    a, b, c = "{x}:events", "{y}:events", "{x}:other"
+    x = key_slot(b"x")
+    assert request_slot(Script("acquire", (a, c), (1,))) == x  # a script's keys share one tag
+    assert request_slot(Script("keyless", (), ())) is None  # redis-py picks a node: no one node
+    assert request_slot(Commands((("HGETALL", a), ("XRANGE", c, "-", "+")))) == x
+    assert request_slot(Commands((("HGETALL", a), ("HGETALL", b)))) is None  # two slots
+    assert request_slot(Commands((("TIME",), ("XREVRANGE", a, "+", "-")))) is None  # TIME: any node
+    assert request_slot(Commands((("XREAD", "COUNT", 5, "BLOCK", 9, "STREAMS", a, c, "0-0", "0-0"),))) == x
+    assert request_slot(Commands((("XREAD", "COUNT", 5, "STREAMS", a, b, "0-0", "0-0"),))) is None
+    assert request_slot(Scan("*")) is None  # every primary
+
+
+def test_a_batch_for_several_nodes_fails_only_the_callers_of_a_node_that_is_down() -> None:
+    """redis-py fails a cluster pipeline whole when one node is down: the batchers keep the other
+    nodes' callers out of it (asyncio: one pipeline per node; threads: sent again per node)."""
+
+    def node_of(request: Any) -> str:
+        return str(request.keys[0][0])  # the node is the key's first letter
+
+    requests = [Script("s", (key,), ()) for key in ("a1", "b1", "a2")]
+    sent: list[list[str]] = []
+
+    def answer(batch: list[Script]) -> list[Any]:
+        keys = [request.keys[0] for request in batch]
+        sent.append(keys)
+        if any(key.startswith("b") for key in keys):
+            raise BackendUnavailable("b is down")
+        if any(key.startswith("c") for key in keys):
+            raise asyncio.CancelledError
+        return keys
+
+    async def apipeline(batch: list[Script]) -> list[Any]:
+        return answer(batch)
+
+    batcher = ScriptBatcher(aredis.Redis(), node_of=node_of)
+    batcher._pipeline = apipeline  # type: ignore[method-assign]
+    a1, b1, a2 = asyncio.run(batcher._send(requests))
+    assert (a1, a2, isinstance(b1, BackendUnavailable)) == ("a1", "a2", True)
+    assert sent == [["a1", "a2"], ["b1"]]  # one pipeline per node, from the start
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(batcher._send([Script("s", ("c1",), ()), *requests]))
+    threads = ThreadBatcher(lambda request: None, redis.Redis(), node_of=node_of)
+    threads._pipeline = answer  # type: ignore[method-assign]
+    sent.clear()
+    a1, b1, a2 = threads._send(requests)
+    assert (a1, a2, isinstance(b1, BackendUnavailable)) == ("a1", "a2", True)
+    assert sent == [["a1", "b1", "a2"], ["a1", "a2"], ["b1"]]  # one pipeline, then per node
+    with pytest.raises(BackendUnavailable):  # one node only: nothing to split
+        threads._send([requests[1], requests[1]])
+    assert by_node(requests, None) is None
+    assert by_node(requests, node_of) == [[0, 2], [1]]
 
 
 def test_the_cli_works_on_a_cluster_and_hides_its_password(

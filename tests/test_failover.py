@@ -15,6 +15,7 @@ What each test holds the library to (see docs/guarantees.md):
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,10 +23,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.crc import key_slot
+from redis.exceptions import MovedError
 
-from registry import BackendError, Registry
+from registry import AsyncRegistry, BackendError, BackendUnavailable, Decision, Registry
+from registry import _base as registry_base
+from registry._core import Script
 from registry.embedded_cluster import EmbeddedCluster, RedisProcess, start_cluster
-from tests.conftest import _in_ci, model
+from registry.faults import FaultPolicy
+from registry.keys import Keys
+from registry.testing import FakeClock, use_clock
+from tests.conftest import SyncFacade, _in_ci, model
 
 THREADS = 8
 PER_THREAD = 60
@@ -49,6 +57,200 @@ def own_cluster() -> Iterator[EmbeddedCluster]:
     cluster = start_cluster(primaries=3, replicas=1)
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def lone_primaries() -> Iterator[EmbeddedCluster]:
+    """Three primaries without replicas, serving their slots while one of them is down
+    (``cluster-require-full-coverage no``): a dead node stays dead, nothing fails over."""
+    _needs_servers()
+    cluster = start_cluster(primaries=3, replicas=0)
+    for node in cluster.nodes:
+        with node.client() as client:
+            client.config_set("cluster-require-full-coverage", "no")
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["sync", "async"])
+def on_cluster(request: pytest.FixtureRequest, lone_primaries: EmbeddedCluster) -> Iterator[Callable[..., Any]]:
+    """A factory of clients of ``lone_primaries`` (sync, or async behind SyncFacade), on a fake
+    clock for their breakers, every node up."""
+    for node in lone_primaries.nodes:
+        if node.process is None:
+            node.start()
+    lone_primaries.wait_ok()
+    lone_primaries.flushall()
+    made: list[Any] = []
+    runner = asyncio.Runner()
+
+    def make(policy: FaultPolicy | None = None, **options: Any) -> Any:
+        options = {"namespace": "per-node", "watch": False, "fault_policy": policy, **options}
+        if request.param == "sync":
+            reg: Any = Registry.from_url(lone_primaries.url, **options)
+        else:
+            reg = SyncFacade(AsyncRegistry.from_url(lone_primaries.url, **options), runner)
+        use_clock(reg, FakeClock(int(time.time() * 1000)))
+        made.append(reg)
+        return reg
+
+    yield make
+    for reg in made:
+        if isinstance(reg, SyncFacade):
+            reg.aclose()
+        else:
+            reg.close()
+    runner.close()
+
+
+def _model_on(cluster: EmbeddedCluster, node: RedisProcess, prefix: str) -> str:
+    """The id of a model (provider openai) whose keys live on ``node``."""
+    keys = Keys("per-node")
+    return next(
+        f"{prefix}{i}" for i in range(1000) if cluster.node_of(keys.window(f"openai:{prefix}{i}", "rpm")) is node
+    )
+
+
+def test_one_dead_primary_refuses_only_the_models_it_serves(
+    lone_primaries: EmbeddedCluster, on_cluster: Callable[..., Any]
+) -> None:
+    """A cluster client keeps a breaker per primary: with one primary dead, the models of the
+    others are admitted exactly as before, while the dead one's fail closed (or, under
+    admission="open", from the local emergency cap), and its usage is spooled and replayed."""
+    cluster = lone_primaries
+    catalog = cluster.node_of(Keys("per-node").meta)
+    victim, third = (n for n in cluster.nodes if n is not catalog)
+    healthy, doomed = f"openai:{_model_on(cluster, third, 'h')}", f"openai:{_model_on(cluster, victim, 'd')}"
+    strict = on_cluster()
+    lenient = on_cluster(FaultPolicy(admission="open", emergency_share=0.5, failures_to_open=1))
+    burst = on_cluster(watch=True)  # no catalog read before each call: concurrent calls share pipelines
+    strict.register_models(
+        [
+            model(id=healthy.split(":")[1], rate_limit={"requests_per_minute": 30}),
+            model(id=doomed.split(":")[1], rate_limit={"requests_per_minute": 10}),
+        ]
+    )
+    for reg in (strict, lenient, burst):
+        assert reg.acquire(doomed, 1, 1).allowed  # the slot map is learnt (the async client's first call)
+    victim.kill()
+    # Calls for both nodes at once, pipelined together: the healthy node's are all admitted.
+    outcomes = _at_once(burst, [healthy, doomed] * 10)
+    assert all(isinstance(o, Decision) and o.allowed and not o.degraded for o in outcomes[::2])
+    assert all(isinstance(o, BackendUnavailable) for o in outcomes[1::2])
+    assert (burst.faults.breakers[third.address], burst.faults.breakers[victim.address]) == ("closed", "open")
+    allowed = refused = 0
+    errors = []
+    for _ in range(25):
+        with pytest.raises(BackendUnavailable) as info:
+            strict.acquire(doomed, 1, 1)
+        errors.append(str(info.value))
+        decision = strict.acquire(healthy, 1, 1)  # Redis decides, exactly: 20 of 25
+        assert not decision.degraded
+        allowed += decision.allowed
+        refused += decision.denied_by == "requests_per_minute"
+    assert (allowed, refused) == (20, 5)  # 30 a minute: 10 in the burst, 20 here
+    assert all(e.startswith("Redis unavailable") for e in errors[:3])  # sent, and refused by the dead node
+    assert all(e.startswith(f"circuit open: Redis Cluster node {victim.address} failed 3") for e in errors[3:])
+    stats = strict.faults
+    assert stats.breakers[victim.address] == "open"
+    assert {n: st for n, st in stats.breakers.items() if n != victim.address} == {
+        "*": "closed",
+        catalog.address: "closed",
+        third.address: "closed",
+    }
+    assert (stats.breaker, stats.breaker_opens, stats.fail_closed_refusals) == ("open", 1, 25)
+    # Admission failing open: the dead node's model from the local cap (0.5 of 10, one taken
+    # before), the others' from Redis as ever.
+    decisions = [lenient.acquire(doomed, 1, 1) for _ in range(8)]
+    assert all(d.degraded for d in decisions)
+    assert sum(d.allowed for d in decisions) == 5
+    assert not lenient.acquire(healthy, 1, 1).degraded
+    # Usage: the dead node's is spooled, the others' written; the node's breaker closing (its
+    # probe answered) replays the spool.
+    for i in range(3):
+        assert strict.record_usage(doomed, 10, 5, request_id=f"d{i}").recorded
+        assert strict.record_usage(healthy, 10, 5, request_id=f"h{i}").recorded
+    assert (strict.faults.spool_depth, strict.get_statistics(healthy).requests) == (3, 3)
+    victim.start()
+    cluster.wait_ok()
+    getattr(strict, "_target", strict)._test_clock.advance(1.0)  # the breaker's probe is due
+    assert strict.acquire(doomed, 1, 1).allowed  # the probe: the node is back (empty: it had no persistence)
+    assert strict.faults.breaker == "closed"
+    strict.flush_spool()  # waits for the replay the close started, then sends what is left
+    assert (strict.faults.replayed, strict.faults.spool_depth) == (3, 0)
+    assert strict.get_statistics(doomed).requests == 3
+
+
+def _at_once(reg: Any, models: list[str]) -> list[Any]:
+    """An acquire of each of ``models`` at the same time (tasks, or threads): their outcomes.
+
+    Each under a request id, so that a call sent twice counts once: redis-py's asyncio cluster
+    pipeline, before each retry of the dead node's commands, closes every connection of the
+    client, and a healthy node's pipeline caught in flight is sent again."""
+    target = getattr(reg, "_target", reg)
+    if isinstance(target, AsyncRegistry):
+
+        async def gathered() -> list[Any]:
+            calls = (target.acquire(m, 1, 1, request_id=f"burst-{i}") for i, m in enumerate(models))
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+        return reg._runner.run(gathered())  # type: ignore[no-any-return]
+    outcomes: list[Any] = [None] * len(models)
+    start = threading.Barrier(len(models))
+
+    def one(i: int) -> None:
+        start.wait()
+        try:
+            outcomes[i] = reg.acquire(models[i], 1, 1, request_id=f"burst-{i}")
+        except BackendError as exc:
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(models))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
+
+
+def test_a_slot_moved_to_another_node_is_guarded_by_that_nodes_breaker(
+    lone_primaries: EmbeddedCluster, on_cluster: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The breaker of a request follows redis-py's slot map: a MOVED (what a failover or a
+    resharding answers) takes the slot, and so its requests, to the new owner's breaker."""
+    reg = on_cluster()
+    target = getattr(reg, "_target", reg)
+    faults = target._faults
+    key = target.keys.window("openai:moved", "rpm")
+    request = Script("acquire", (key,), ())
+    owner = lone_primaries.node_of(key)
+    other = next(n for n in lone_primaries.nodes if n is not owner)
+    if isinstance(target, AsyncRegistry):
+        assert faults.guard_for(request) is faults.breaker  # no slot map before the first call: "*"
+    reg.refresh()
+    before = faults.guard_for(request)
+    assert before.node == owner.address
+    assert (
+        faults.guard_for(Script("acquire", (target.keys.meta,), ())).node
+        == lone_primaries.node_of(target.keys.meta).address
+    )
+    slot = key_slot(key.encode())
+
+    def move(to: RedisProcess) -> None:
+        moved = target.redis.nodes_manager.move_slot(MovedError(f"{slot} {to.address}"))
+        if asyncio.iscoroutine(moved):
+            reg._runner.run(moved)
+
+    move(other)
+    assert faults.guard_for(request).node == other.address
+    move(owner)
+    assert faults.guard_for(request) is before  # kept: the node's breaker, with its history
+    # The slots of scripts' first keys are remembered, a bounded few (a usage marker's key
+    # holds a request id): when full, forgotten.
+    monkeypatch.setattr(registry_base, "_MAX_KEY_SLOTS", 2)
+    for name in ("a", "b", "c"):
+        faults.guard_for(Script("acquire", (target.keys.window(f"openai:{name}", "rpm"),), ()))
+    assert len(target._key_slots) == 1
 
 
 class Load:

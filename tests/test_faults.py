@@ -327,6 +327,92 @@ def test_the_prometheus_collector_is_registered_once_and_sums_per_namespace() ->
     del b
 
 
+def test_a_cluster_client_has_a_breaker_per_node_and_follows_the_slot_map(caplog: pytest.LogCaptureFixture) -> None:
+    """One node failing opens its breaker only: requests for the other nodes still go, and a
+    request whose slot has moved to another node (a failover) asks that node's breaker."""
+    clock = FakeClock(0)
+    ns = f"per-node-{os.urandom(4).hex()}"  # its own: the collector reads every live client of a namespace
+    owner = {"m1": "10.0.0.1:7000", "m2": "10.0.0.2:7000"}  # a model's slot -> its primary now
+    replays: list[int] = []
+    faults = Faults(
+        FaultPolicy(),
+        namespace=ns,
+        clock=lambda: clock() / 1000,
+        on_close=lambda: replays.append(1),
+        node_of=lambda request: owner.get(request.name) if isinstance(request, Script) else None,
+    )
+    assert faults.guard is None
+    assert faults.guard_for is faults.nodes
+    sent: list[str] = []
+    down = {"10.0.0.1:7000"}
+
+    def execute(request: Any) -> str:
+        sent.append(request.name)
+        if owner.get(request.name) in down:
+            raise BackendUnavailable("refused")
+        return "reply"
+
+    def ask(name: str) -> Any:
+        return (yield Script(name, (), ()))
+
+    def call(name: str) -> str:
+        return _core.run(ask(name), execute, faults.guard, faults.guard_for)
+
+    with caplog.at_level(logging.INFO, logger="registry"):
+        for _ in range(3):
+            with pytest.raises(BackendUnavailable, match="refused"):
+                call("m1")
+            assert call("m2") == "reply"  # the healthy node's answers do not reset m1's count
+        with pytest.raises(BackendUnavailable, match=r"circuit open: Redis Cluster node 10\.0\.0\.1:7000 failed 3"):
+            call("m1")
+        assert sent.count("m1") == 3  # the fourth went nowhere
+        assert call("m2") == "reply"
+        stats = faults.stats()
+        assert (stats.breaker, stats.breaker_opens, stats.consecutive_failures) == ("open", 1, 3)
+        assert dict(stats.breakers) == {"*": "closed", "10.0.0.1:7000": "open", "10.0.0.2:7000": "closed"}
+        own = CollectorRegistry()
+        own.register(FaultCollector())
+        assert own.get_sample_value("registry_breaker_open", {"namespace": ns}) == 1
+        node_open = "registry_breaker_node_open"
+        assert own.get_sample_value(node_open, {"namespace": ns, "node": "10.0.0.1:7000"}) == 1
+        assert own.get_sample_value(node_open, {"namespace": ns, "node": "10.0.0.2:7000"}) == 0
+        # Requests no single node serves (here: Scan) pass the cluster-wide breaker, apart.
+        assert faults.nodes is not None
+        assert faults.nodes(_core.Scan("*")) is faults.breaker is not faults.nodes(Script("m1", (), ()))
+        # A failover: m1's slot is served by a replica promoted on another address, whose
+        # breaker (closed) lets it go at once, while the dead node's stays open.
+        owner["m1"] = "10.0.0.3:7000"
+        assert call("m1") == "reply"
+        assert dict(faults.stats().breakers)["10.0.0.1:7000"] == "open"
+        # The old primary comes back and serves m1 again: its own breaker, which probes.
+        owner["m1"], down = "10.0.0.1:7000", set()
+        faults.spool.put(Spooled("settle", "x", lambda: _send("m1")))
+        clock.advance(1.0)
+        assert call("m1") == "reply"
+        assert faults.stats().breaker == "closed"
+        assert (faults.stats().breaker_closes, replays) == (1, [1])  # the close asked for a replay
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("Redis Cluster node 10.0.0.1:7000 unavailable (3 failures") for m in messages)
+    assert any(m.startswith("Redis Cluster node 10.0.0.1:7000 answers again after 1.000s") for m in messages)
+    assert not any("10.0.0.2:7000" in m for m in messages)
+
+
+def test_cluster_wide_requests_open_their_own_breaker_only() -> None:
+    faults = Faults(
+        FaultPolicy(failures_to_open=1),
+        namespace="wide",
+        clock=lambda: 0.0,
+        on_close=lambda: None,
+        node_of=lambda request: None if isinstance(request, _core.Scan) else "10.0.0.1:7000",
+    )
+    nodes = faults.nodes
+    assert nodes is not None
+    nodes(_core.Scan("*")).outcome(BackendUnavailable("down"))
+    assert "Redis Cluster (requests spanning several nodes) failed 1 times" in str(nodes(_core.Scan("*")).refuse())
+    assert nodes(Script("any", (), ())).refuse() is None  # a node's breaker: made on first use, closed
+    assert dict(faults.stats().breakers) == {"*": "open", "10.0.0.1:7000": "closed"}
+
+
 # -- against a Redis that goes away ---------------------------------------------------------------
 
 
