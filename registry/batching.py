@@ -44,7 +44,7 @@ from redis.exceptions import NoScriptError
 
 from registry._core import Request, Script
 from registry.admission.ops import acquire_group, merge_acquires, split_acquires
-from registry.errors import BackendUnavailable, ScriptError, redis_error
+from registry.errors import REDIS_ERRORS, BackendUnavailable, ScriptError, redis_error
 from registry.functions import ScriptsMode, aload_library, check_mode, is_missing, library, load_library
 from registry.scripts import load
 
@@ -270,7 +270,7 @@ class ScriptBatcher(_Counters):
                         reply = await self._fill(self.client.pipeline(transaction=False), step).execute(
                             raise_on_error=False
                         )
-                except redis.exceptions.RedisError as exc:
+                except REDIS_ERRORS as exc:
                     raise redis_error(exc) from exc
                 step = flow.send(reply)
         except StopIteration as stop:
@@ -413,7 +413,7 @@ class ThreadBatcher(_Counters):
                     else:
                         self.scripts += len(step)
                         reply = self._fill(self.client.pipeline(transaction=False), step).execute(raise_on_error=False)
-                except redis.exceptions.RedisError as exc:
+                except REDIS_ERRORS as exc:
                     raise redis_error(exc) from exc
                 step = flow.send(reply)
         except StopIteration as stop:

@@ -39,7 +39,7 @@ from registry.catalog.codec import CatalogEntry
 from registry.catalog.search import SearchQuery
 from registry.catalog.snapshot import Snapshot
 from registry.catalog.sync import SyncPlan
-from registry.errors import ModelNotFoundError, RegistryError, map_redis_errors, redis_error
+from registry.errors import REDIS_ERRORS, ModelNotFoundError, RegistryError, map_redis_errors, redis_error
 from registry.events import Callback, Event, Follower, Subscription, event_types, recent_events
 from registry.faults import FaultPolicy, with_timeouts
 from registry.functions import ScriptsMode
@@ -182,7 +182,7 @@ class Registry(RegistryBase):
                         raise
                     script_load(self.redis, lua.source, keys[:1])  # on a cluster: on keys' node only
             raise AssertionError("unreachable")  # pragma: no cover
-        except redis.exceptions.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise redis_error(exc) from exc
 
     def _fcall(self, request: _core.Script) -> Any:
@@ -197,7 +197,7 @@ class Registry(RegistryBase):
                     raise
                 functions.load_library(self.redis)
                 return self.redis.execute_command("FCALL", function, len(keys), *keys, *request.args)
-        except redis.exceptions.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise redis_error(exc) from exc
 
     def _run(self, flow: _core.Flow[Any]) -> Any:

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 import redis.exceptions
 
 __all__ = [
+    "REDIS_ERRORS",
     "BackendError",
     "BackendUnavailable",
     "ConfigError",
@@ -37,6 +38,7 @@ __all__ = [
     "RevisionConflictError",
     "ScriptError",
     "map_redis_errors",
+    "redis_error",
 ]
 
 
@@ -120,10 +122,25 @@ class ScriptError(BackendError):
     """A Lua script raised an error or returned a reply of the wrong shape."""
 
 
-def redis_error(exc: redis.exceptions.RedisError) -> BackendError:
+# What redis-py raises: its RedisError tree, and the cluster client's RedisClusterException
+# (SlotNotCoveredError and the like), which is not a RedisError.
+REDIS_ERRORS = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
+
+# A cluster that cannot serve a slot now (a primary failed and not yet replaced, a slot moving):
+# unavailable, as a refused connection is, so the breaker and the fault policy apply.
+_CLUSTER_UNAVAILABLE = (
+    redis.exceptions.ClusterDownError,  # CLUSTERDOWN, MASTERDOWN
+    redis.exceptions.TryAgainError,  # TRYAGAIN: a multi-key call during a slot's migration
+    redis.exceptions.SlotNotCoveredError,  # no node serves the slot (redis-py's own map)
+)
+
+
+def redis_error(exc: redis.exceptions.RedisError | redis.exceptions.RedisClusterException) -> BackendError:
     """The error of this library's tree that stands for a redis-py exception (raise it ``from`` it)."""
     if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
         return BackendUnavailable(f"Redis unavailable: {exc}")
+    if isinstance(exc, _CLUSTER_UNAVAILABLE):
+        return BackendUnavailable(f"Redis Cluster unavailable: {type(exc).__name__}: {exc}")
     if isinstance(exc, redis.exceptions.ResponseError):
         message = str(exc)
         # NOPERM (redis-py strips the prefix), or a command a script called was refused (Redis 7.0
@@ -143,5 +160,5 @@ def map_redis_errors() -> Iterator[None]:
     """Translate redis-py exceptions into this library's tree, keeping the cause."""
     try:
         yield
-    except redis.exceptions.RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise redis_error(exc) from exc

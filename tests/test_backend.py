@@ -57,6 +57,29 @@ def test_other_redis_errors_are_backend_errors() -> None:
         raise redis.exceptions.TimeoutError("slow")
 
 
+@pytest.mark.parametrize(
+    "exc",
+    [
+        redis.exceptions.ClusterDownError("CLUSTERDOWN The cluster is down"),
+        redis.exceptions.MasterDownError("MASTERDOWN Link with MASTER is down"),
+        redis.exceptions.TryAgainError("TRYAGAIN Multiple keys request during rehashing of slot"),
+        redis.exceptions.SlotNotCoveredError("Command # 1 (EVALSHA) has no node for slot 5"),  # not a RedisError
+    ],
+    ids=["clusterdown", "masterdown", "tryagain", "slot-not-covered"],
+)
+def test_a_cluster_that_cannot_serve_a_slot_now_is_backend_unavailable(exc: Exception) -> None:
+    """So the breaker counts it and the fault policy applies, as to a refused connection."""
+    with pytest.raises(BackendUnavailable, match="Redis Cluster unavailable") as raised, map_redis_errors():
+        raise exc
+    assert raised.value.__cause__ is exc
+
+
+def test_other_cluster_client_errors_are_backend_errors() -> None:
+    with pytest.raises(BackendError) as raised, map_redis_errors():
+        raise redis.exceptions.RedisClusterException("Cluster mode is not enabled on this node")
+    assert not isinstance(raised.value, BackendUnavailable)
+
+
 def test_the_fakeredis_fallback_runs_the_catalog() -> None:
     """What a machine without redis-server uses: the same scripts, through fakeredis and lupa."""
     server = embedded.start(prefer="fakeredis")
