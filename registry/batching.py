@@ -24,7 +24,9 @@ batcher sends one pipeline per node, at once, and the threads' batcher, whose cl
 fails before it writes anything when a node's connection cannot be had, sends each node's calls
 again on their own when a pipeline for several nodes fails as unavailable: the dead node's callers
 get the error, the others their replies. A script missing on a cluster node is loaded on the nodes
-that answered NOSCRIPT only, not on every primary (which fails while any primary is down).
+that answered NOSCRIPT only, not on every primary (which fails while any primary is down). A lone
+script call on an asyncio cluster goes by ``execute_command``, not as a one-call pipeline, whose
+retry after a connection error closes every connection of the client (``ScriptBatcher._alone``).
 """
 
 from __future__ import annotations
@@ -161,22 +163,24 @@ def batch_flow(requests: list[Script], mode: ScriptsMode = "eval") -> BatchFlow:
     return out
 
 
-def _evalshas(pipe: Any, requests: list[Script]) -> Any:
-    """``pipe`` (a pipeline of either client, without MULTI) with an EVALSHA per request.
+def _evalsha(request: Script) -> tuple[Any, ...]:
+    """The EVALSHA of ``request``, as raw command words.
 
-    Through ``execute_command``: a cluster pipeline refuses ``pipe.evalsha`` but routes the raw
-    command by its keys (every call's keys share one slot), one sub-pipeline per node.
+    Raw, through ``execute_command``: a cluster pipeline refuses ``pipe.evalsha`` but routes the
+    raw command by its keys (every call's keys share one slot), one sub-pipeline per node.
     """
-    for request in requests:
-        pipe.execute_command("EVALSHA", load(request.name).sha, len(request.keys), *request.keys, *request.args)
-    return pipe
+    return ("EVALSHA", load(request.name).sha, len(request.keys), *request.keys, *request.args)
 
 
-def _fcalls(pipe: Any, requests: list[Script]) -> Any:
-    """``pipe`` with an FCALL per request: :func:`_evalshas` in functions mode."""
-    functions = library().functions
+def _fcall(request: Script) -> tuple[Any, ...]:
+    """The FCALL of ``request``: :func:`_evalsha` in functions mode."""
+    return ("FCALL", library().functions[request.name], len(request.keys), *request.keys, *request.args)
+
+
+def _filled(pipe: Any, requests: list[Script], command: Callable[[Script], tuple[Any, ...]]) -> Any:
+    """``pipe`` (a pipeline of either client, without MULTI) with the ``command`` of each request."""
     for request in requests:
-        pipe.execute_command("FCALL", functions[request.name], len(request.keys), *request.keys, *request.args)
+        pipe.execute_command(*command(request))
     return pipe
 
 
@@ -199,7 +203,8 @@ class ScriptBatcher(_Counters):
         super().__init__()
         self.client = client
         self.mode = check_mode(scripts)
-        self._fill = _evalshas if scripts == "eval" else _fcalls
+        self._command = _evalsha if scripts == "eval" else _fcall
+        self._cluster = isinstance(client, acluster.RedisCluster)
         self._node_of = node_of  # on a cluster: the node of a call, for one pipeline per node
         self._queue: list[tuple[Script, asyncio.Future[Any]]] = []
         self._flushing: asyncio.Task[None] | None = None
@@ -267,14 +272,34 @@ class ScriptBatcher(_Counters):
                         reply: Any = None
                     else:
                         self.scripts += len(step)
-                        reply = await self._fill(self.client.pipeline(transaction=False), step).execute(
-                            raise_on_error=False
-                        )
+                        reply = await self._calls(step)
                 except REDIS_ERRORS as exc:
                     raise redis_error(exc) from exc
                 step = flow.send(reply)
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
+
+    async def _calls(self, requests: list[Script]) -> list[Any]:
+        """The replies of ``requests`` (error replies as exception instances), sent at once."""
+        if len(requests) == 1 and self._cluster:
+            return [await self._alone(requests[0])]
+        pipe = _filled(self.client.pipeline(transaction=False), requests, self._command)
+        return await pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
+
+    async def _alone(self, request: Script) -> Any:
+        """One call on a cluster, by the client's ``execute_command``: its reply, or its error
+        reply (NOSCRIPT, a Lua error) as an exception instance, as a pipeline gives it.
+
+        Not a one-call pipeline: before each retry after a connection error, redis-py's asyncio
+        cluster pipeline closes every connection of the client (calls in flight to healthy
+        nodes fail with them, the catalog watcher's pub/sub drops) and sleeps 0.25 s, so a call
+        to a dead primary took seconds. ``execute_command`` drops only the failed node's idle
+        connections and retries after reading the slot map again (a failover moves the slots),
+        without sleeping."""
+        try:
+            return await self.client.execute_command(*self._command(request))
+        except redis.exceptions.ResponseError as exc:
+            return exc
 
 
 _forks = [0]  # forks this process descends from: a ThreadBatcher made before one starts afresh
@@ -319,7 +344,7 @@ class ThreadBatcher(_Counters):
         self._send_one = send  # the client's own path for a single call (errors translated)
         self.client = client
         self.mode = check_mode(scripts)
-        self._fill = _evalshas if scripts == "eval" else _fcalls
+        self._command = _evalsha if scripts == "eval" else _fcall
         self._node_of = node_of  # on a cluster: the node of a call, to split a failed pipeline
         self._lock = threading.Lock()
         self._waiting: list[_Slot] = []
@@ -412,7 +437,8 @@ class ThreadBatcher(_Counters):
                         reply: Any = None
                     else:
                         self.scripts += len(step)
-                        reply = self._fill(self.client.pipeline(transaction=False), step).execute(raise_on_error=False)
+                        pipe = _filled(self.client.pipeline(transaction=False), step, self._command)
+                        reply = pipe.execute(raise_on_error=False)
                 except REDIS_ERRORS as exc:
                     raise redis_error(exc) from exc
                 step = flow.send(reply)

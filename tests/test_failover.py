@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio.cluster as acluster
 from redis.crc import key_slot
 from redis.exceptions import MovedError
 
@@ -211,6 +212,79 @@ def _at_once(reg: Any, models: list[str]) -> list[Any]:
     for thread in threads:
         thread.join()
     return outcomes
+
+
+def test_async_lone_calls_skip_pipelines_and_a_dead_primary_spares_calls_in_flight(
+    lone_primaries: EmbeddedCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The asyncio client sends a lone script call on a cluster by ``execute_command``, not as
+    a one-call pipeline: redis-py's asyncio cluster pipeline, before each retry after a
+    connection error, closes every connection of the client and sleeps 0.25 s. So a call to a
+    dead primary closes nothing of the client's (counted: no ``aclose`` before the end), and a
+    healthy node's call in flight at the same time is neither failed nor sent twice (20 of a
+    20 RPM limit admitted, the 21st refused). Its time is measured in benchmarks/async_cluster.py."""
+    cluster = lone_primaries
+    for node in cluster.nodes:
+        if node.process is None:
+            node.start()
+    cluster.wait_ok()
+    cluster.flushall()
+    catalog = cluster.node_of(Keys("per-node").meta)
+    victim, third = (n for n in cluster.nodes if n is not catalog)
+    healthy, doomed = f"openai:{_model_on(cluster, third, 'h')}", f"openai:{_model_on(cluster, victim, 'd')}"
+    piped: list[Any] = []
+    pipe_command = acluster.ClusterPipeline.execute_command
+
+    def spy(pipe: Any, *args: Any, **kwargs: Any) -> Any:
+        piped.append(args[0])
+        return pipe_command(pipe, *args, **kwargs)
+
+    monkeypatch.setattr(acluster.ClusterPipeline, "execute_command", spy)
+    closes: list[int] = []
+    close = acluster.RedisCluster.aclose
+
+    async def counted_close(client: Any) -> None:
+        closes.append(1)
+        await close(client)
+
+    monkeypatch.setattr(acluster.RedisCluster, "aclose", counted_close)
+    policy = FaultPolicy(failures_to_open=1000)  # every call to the dead node is sent
+
+    async def main() -> tuple[list[Any], int, Decision]:
+        reg = AsyncRegistry.from_url(cluster.url, namespace="per-node", watch=False, fault_policy=policy)
+        use_clock(reg, FakeClock(int(time.time() * 1000)))
+        try:
+            await reg.register_models(
+                [
+                    model(id=healthy.split(":")[1], rate_limit={"requests_per_minute": 20}),
+                    model(id=doomed.split(":")[1], rate_limit={"requests_per_minute": 1000}),
+                ]
+            )
+            assert (await reg.acquire(doomed, 1, 1)).allowed  # the slot map is learnt
+            assert piped  # catalog reads are pipelined
+            assert "EVALSHA" not in piped  # scripts are not
+            victim.kill()
+            outcomes: list[Any] = []
+            for _ in range(20):
+                pair = await asyncio.gather(
+                    reg.acquire(healthy, 1, 1), reg.acquire(doomed, 1, 1), return_exceptions=True
+                )
+                outcomes.extend(pair)
+            return outcomes, len(closes), await reg.acquire(healthy, 1, 1)
+        finally:
+            await reg.aclose()
+
+    try:
+        outcomes, closed, last = asyncio.run(main())
+    finally:
+        if victim.process is None:
+            victim.start()
+        cluster.wait_ok()
+    assert all(isinstance(o, Decision) and o.allowed for o in outcomes[::2]), outcomes[::2]
+    assert all(isinstance(o, BackendUnavailable) for o in outcomes[1::2])
+    assert (last.allowed, last.denied_by) == (False, "requests_per_minute")  # none was counted twice
+    assert "EVALSHA" not in piped
+    assert closed == 0  # the dead node's failures closed no connection of the client's
 
 
 def test_a_slot_moved_to_another_node_is_guarded_by_that_nodes_breaker(
