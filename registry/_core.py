@@ -63,6 +63,29 @@ class Guard(Protocol):
     def outcome(self, error: BaseException | None) -> None: ...
 
 
+# What both drivers do around a request, written once: ask its guard, report the outcome.
+
+
+def _refused(g: Guard | None) -> BackendUnavailable | None:
+    """The error of an open guard, which sends nothing; None to send."""
+    return g.refuse() if g is not None and g.tripped else None
+
+
+def _failed(flow: Flow[Any], g: Guard | None, exc: BaseException) -> Request | None:
+    """Tell the guard; throw the error into the flow. None for a cancellation or an interrupt,
+    which is not the flow's business: the driver raises it (from its own frame, so that the
+    traceback holds no reference to the flow, which is closed as the driver's frame ends)."""
+    if g is not None:
+        g.outcome(exc)
+    return flow.throw(exc) if isinstance(exc, Exception) else None
+
+
+def _replied(flow: Flow[Any], g: Guard | None, reply: Any) -> Request:
+    if g is not None and g.failures:
+        g.outcome(None)
+    return flow.send(reply)
+
+
 def run(
     flow: Flow[T],
     execute: Callable[[Request], Any],
@@ -83,21 +106,17 @@ def run(
         request = next(flow)
         while True:
             g = guard if guard_for is None else guard_for(request)
-            if g is not None and g.tripped and (refused := g.refuse()) is not None:
+            if (refused := _refused(g)) is not None:
                 request = flow.throw(refused)
                 continue
             try:
                 reply = execute(request)
             except BaseException as exc:
-                if g is not None:
-                    g.outcome(exc)
-                if not isinstance(exc, Exception):  # cancelled, interrupted: not the flow's business
+                if (thrown := _failed(flow, g, exc)) is None:
                     raise
-                request = flow.throw(exc)
+                request = thrown
                 continue
-            if g is not None and g.failures:
-                g.outcome(None)
-            request = flow.send(reply)
+            request = _replied(flow, g, reply)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
 
@@ -113,21 +132,17 @@ async def arun(
         request = next(flow)
         while True:
             g = guard if guard_for is None else guard_for(request)
-            if g is not None and g.tripped and (refused := g.refuse()) is not None:
+            if (refused := _refused(g)) is not None:
                 request = flow.throw(refused)
                 continue
             try:
                 reply = await execute(request)
             except BaseException as exc:
-                if g is not None:
-                    g.outcome(exc)
-                if not isinstance(exc, Exception):  # cancelled, interrupted: not the flow's business
+                if (thrown := _failed(flow, g, exc)) is None:
                     raise
-                request = flow.throw(exc)
+                request = thrown
                 continue
-            if g is not None and g.failures:
-                g.outcome(None)
-            request = flow.send(reply)
+            request = _replied(flow, g, reply)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
 

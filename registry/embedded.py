@@ -56,12 +56,7 @@ class EmbeddedRedis:
 
     def stop(self) -> None:
         if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:  # pragma: no cover - a wedged server
-                self._process.kill()
-                self._process.wait()
+            terminate(self._process)
             self._process = None
         if self._fake is not None:
             self._fake.shutdown()
@@ -78,7 +73,18 @@ class EmbeddedRedis:
         self.stop()
 
 
-def _wait_ready(url: str, process: subprocess.Popen[bytes] | None, timeout: float, **options: Any) -> str:
+def terminate(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM and wait (a clean shutdown); SIGKILL if it takes more than 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:  # pragma: no cover - a wedged server
+        process.kill()
+        process.wait()
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes] | None, timeout: float, **options: Any) -> str:
+    """Until the server at ``url`` answers PING (or ``process`` exits: RuntimeError); its version."""
     deadline = time.monotonic() + timeout
     client = redis.Redis.from_url(url, socket_connect_timeout=0.5, decode_responses=True, **options)
     try:
@@ -178,7 +184,7 @@ def _start_in(
             process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr)
         url = f"{'redis' if tls_probe is None else 'rediss'}://127.0.0.1:{port}/0"
         try:
-            version = _wait_ready(url, process, timeout, **(tls_probe or {}))
+            version = wait_ready(url, process, timeout, **(tls_probe or {}))
         except RuntimeError as exc:
             failure = exc  # most likely the port was taken between free_port() and bind: try another
             continue
@@ -205,7 +211,7 @@ def start_fakeredis() -> EmbeddedRedis:
     thread = threading.Thread(target=server.serve_forever, name="fakeredis", daemon=True)
     thread.start()
     url = f"redis://127.0.0.1:{port}/0"
-    version = _wait_ready(url, None, 10.0)
+    version = wait_ready(url, None, 10.0)
     return EmbeddedRedis(url, "fakeredis", version, _fake=server, _thread=thread)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import redis
 
-from registry.embedded import redis_server_path
+from registry.embedded import redis_server_path, terminate, wait_ready
 
 __all__ = ["EmbeddedCluster", "RedisProcess", "start_cluster"]
 
@@ -99,21 +99,7 @@ class RedisProcess:
             ]
         args += self.extra_args
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        client = self.client()
-        try:
-            while True:
-                try:
-                    client.ping()
-                    return
-                except redis.exceptions.ConnectionError:
-                    if self.process.poll() is not None:
-                        raise RuntimeError(f"redis-server on {self.port} exited ({self.process.returncode})") from None
-                    if time.monotonic() > deadline:  # pragma: no cover - a wedged machine
-                        raise
-                    time.sleep(0.02)
-        finally:
-            client.close()
+        wait_ready(self.url, self.process, 20.0)
 
     def kill(self) -> None:
         """SIGKILL: the node dies as a crashed machine would, with no goodbye to its peers."""
@@ -124,12 +110,7 @@ class RedisProcess:
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:  # pragma: no cover
-                self.process.kill()
-                self.process.wait()
+            terminate(self.process)
             self.process = None
 
     def role(self) -> str:

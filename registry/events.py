@@ -42,6 +42,7 @@ from registry.catalog.snapshot import Snapshot
 from registry.errors import ConfigError
 from registry.keys import Keys
 from registry.ledger.money import from_units
+from registry.ledger.ops import COUNTERS
 
 __all__ = [
     "ANY",
@@ -82,17 +83,7 @@ _LAST = datetime.max.replace(tzinfo=UTC)
 _ID = re.compile(r"^(\d{1,20})(?:-(\d{1,20}))?$")
 # Present in every usage.recorded event's data, 0 when the entry leaves them out (the scripts
 # write a counter only when it is not 0; entries from before throttled and the cache counters).
-_USAGE_COUNTERS = (
-    "requests",
-    "successes",
-    "failures",
-    "throttled",
-    "input_tokens",
-    "cached_input_tokens",
-    "cache_write_tokens",
-    "output_tokens",
-    "cost_units",
-)
+_USAGE_COUNTERS = COUNTERS
 _BUDGET_INTS = ("index", "threshold", "amount_units", "spent_units")
 
 log = logging.getLogger("registry")

@@ -8,6 +8,7 @@ header, except under ``CI=true``, where a missing Redis fails the run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import shutil
@@ -173,28 +174,38 @@ class SyncFacade:
         return attr
 
 
-@pytest.fixture(params=["sync", "async"])
-def make_registry(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Any]:
-    """A factory of clients of one kind (sync, or async behind :class:`SyncFacade`)."""
+@contextlib.contextmanager
+def client_factory(kind: str) -> Iterator[Callable[..., Any]]:
+    """``make(url, **options)``: a Registry (``kind`` "sync"), or an AsyncRegistry behind
+    :class:`SyncFacade` ("async"); every client made is closed at the end of the block."""
     made: list[Any] = []
     runner = asyncio.Runner()
 
-    def make(**kwargs: Any) -> Any:
-        kwargs.setdefault("watch", False)
-        if request.param == "sync":
-            reg: Any = Registry.from_url(redis_url, **kwargs)
-        else:
-            reg = SyncFacade(AsyncRegistry.from_url(redis_url, **kwargs), runner)
+    def make(url: str, **options: Any) -> Any:
+        reg = (
+            Registry.from_url(url, **options)
+            if kind == "sync"
+            else SyncFacade(AsyncRegistry.from_url(url, **options), runner)
+        )
         made.append(reg)
         return reg
 
-    yield make
-    for reg in made:
-        if isinstance(reg, SyncFacade):
-            reg.aclose()
-        else:
-            reg.close()
-    runner.close()
+    try:
+        yield make
+    finally:
+        for reg in made:
+            if isinstance(reg, SyncFacade):
+                reg.aclose()
+            else:
+                reg.close()
+        runner.close()
+
+
+@pytest.fixture(params=["sync", "async"])
+def make_registry(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Any]:
+    """A factory of clients of one kind (sync, or async behind :class:`SyncFacade`)."""
+    with client_factory(request.param) as make:
+        yield lambda **options: make(redis_url, **{"watch": False, **options})
 
 
 @pytest.fixture

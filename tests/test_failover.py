@@ -34,7 +34,7 @@ from registry.embedded_cluster import EmbeddedCluster, RedisProcess, start_clust
 from registry.faults import FaultPolicy
 from registry.keys import Keys
 from registry.testing import FakeClock, use_clock
-from tests.conftest import SyncFacade, _in_ci, model
+from tests.conftest import _in_ci, client_factory, model
 
 THREADS = 8
 PER_THREAD = 60
@@ -82,26 +82,15 @@ def on_cluster(request: pytest.FixtureRequest, lone_primaries: EmbeddedCluster) 
             node.start()
     lone_primaries.wait_ok()
     lone_primaries.flushall()
-    made: list[Any] = []
-    runner = asyncio.Runner()
+    with client_factory(request.param) as connect:
 
-    def make(policy: FaultPolicy | None = None, **options: Any) -> Any:
-        options = {"namespace": "per-node", "watch": False, "fault_policy": policy, **options}
-        if request.param == "sync":
-            reg: Any = Registry.from_url(lone_primaries.url, **options)
-        else:
-            reg = SyncFacade(AsyncRegistry.from_url(lone_primaries.url, **options), runner)
-        use_clock(reg, FakeClock(int(time.time() * 1000)))
-        made.append(reg)
-        return reg
+        def make(policy: FaultPolicy | None = None, **options: Any) -> Any:
+            options = {"namespace": "per-node", "watch": False, "fault_policy": policy, **options}
+            reg = connect(lone_primaries.url, **options)
+            use_clock(reg, FakeClock(int(time.time() * 1000)))
+            return reg
 
-    yield make
-    for reg in made:
-        if isinstance(reg, SyncFacade):
-            reg.aclose()
-        else:
-            reg.close()
-    runner.close()
+        yield make
 
 
 def _model_on(cluster: EmbeddedCluster, node: RedisProcess, prefix: str) -> str:

@@ -17,7 +17,6 @@ No ``openssl``, no ``redis-server`` or one that cannot serve TLS: skipped, faile
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import shutil
@@ -32,10 +31,10 @@ from urllib.parse import urlencode
 import pytest
 import redis
 
-from registry import AsyncRegistry, Registry, embedded
+from registry import embedded
 from registry.cli import main
 from registry.errors import BackendUnavailable
-from tests.conftest import ROOT, SyncFacade, _in_ci, model
+from tests.conftest import ROOT, _in_ci, client_factory, model
 
 TIMEOUTS = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}  # a refusal must not wait on these
 
@@ -196,24 +195,8 @@ def plaintext(server: embedded.EmbeddedRedis) -> str:
 @pytest.fixture(params=["sync", "async"])
 def connect(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
     """``connect(url, **options)``: a Registry, or an AsyncRegistry behind SyncFacade, by parameter."""
-    made: list[Any] = []
-    runner = asyncio.Runner()
-
-    def make(url: str, **options: Any) -> Any:
-        if request.param == "sync":
-            reg: Any = Registry.from_url(url, watch=False, **options)
-        else:
-            reg = SyncFacade(AsyncRegistry.from_url(url, watch=False, **options), runner)
-        made.append(reg)
-        return reg
-
-    yield make
-    for reg in made:
-        if isinstance(reg, SyncFacade):
-            reg.aclose()
-        else:
-            reg.close()
-    runner.close()
+    with client_factory(request.param) as make:
+        yield lambda url, **options: make(url, watch=False, **options)
 
 
 def refused(reg: Any) -> BackendUnavailable:

@@ -17,7 +17,7 @@ from registry.ledger.money import to_units
 from registry.models import ModelSpec
 from registry.pricing import check_cache_tokens, check_tokens, estimate
 
-__all__ = ["LATENCY_EDGES_MS", "UsageRecord", "record"]
+__all__ = ["COUNTERS", "LATENCY_EDGES_MS", "UsageRecord", "record"]
 
 # Histogram bucket upper edges (ms) of the latency counters `lat_le_<edge>` (and `lat_le_inf`).
 LATENCY_EDGES_MS = (50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
@@ -36,6 +36,21 @@ class UsageRecord:
     @property
     def duplicate(self) -> bool:
         return not self.recorded
+
+
+# The integer counters of a request in the ledger (and in its usage event): usage_fields
+# writes them, statistics and events read them. Latency has its own fields besides.
+COUNTERS = (
+    "requests",
+    "successes",
+    "failures",
+    "throttled",
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "cost_units",
+)
 
 
 def usage_fields(

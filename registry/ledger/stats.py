@@ -21,6 +21,7 @@ from registry._core import Commands, Flow, text
 from registry.errors import ConfigError
 from registry.keys import Keys
 from registry.ledger.money import from_units
+from registry.ledger.ops import COUNTERS
 from registry.models import ModelSpec
 
 __all__ = [
@@ -40,18 +41,7 @@ __all__ = [
 _HOUR_MS, _DAY_MS = 3_600_000, 86_400_000
 _MAX_S = 253_402_300_799  # the end of year 9999 (UTC), as datetimes go
 _MAX_BUCKETS = 10_000  # buckets one statistics or usage read names (27 years of days)
-_INTS = (
-    "requests",
-    "successes",
-    "failures",
-    "throttled",
-    "input_tokens",
-    "cached_input_tokens",
-    "cache_write_tokens",
-    "output_tokens",
-    "cost_units",
-    "latency_count",
-)
+_INTS = (*COUNTERS, "latency_count")
 
 
 @dataclass(frozen=True)
